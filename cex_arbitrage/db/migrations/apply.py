@@ -1,0 +1,443 @@
+"""Execute planned migrations on one connection.
+
+Transactional steps travel as ONE simple-query message:
+`BEGIN; <step SQL>; <history upsert>; COMMIT;` — one round trip, and the
+history row commits atomically with the schema change it records.
+
+Steps marked `transaction:false` run statement by statement in autocommit,
+because PostgreSQL runs a multi-statement message as one implicit
+transaction, where `CREATE INDEX CONCURRENTLY` or a procedure that COMMITs
+is refused. After each statement the history row records how far the step
+got, so a re-run resumes at the first statement that did not finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from cex_arbitrage.db.migrations import history as hist
+from cex_arbitrage.db.migrations.errors import (
+    ConnectionLostError,
+    LockTimeoutError,
+    MigrationError,
+    MigrationFailedError,
+)
+from cex_arbitrage.db.migrations.plan import PlannedMigration
+from cex_arbitrage.db.migrations.script import Migration, Step, concurrent_index_name
+
+if TYPE_CHECKING:  # config imports the error types of this package
+    from cex_arbitrage.config import MigrationSettings
+
+_LOCK_ERRORS = (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError)
+_CONNECTION_SQLSTATES = ("57P01", "57P02", "57P03")
+_ELAPSED_MS = "(extract(epoch FROM clock_timestamp() - now()) * 1000)::int"
+_INVALID_INDEX = """
+SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+WHERE c.relname = $1 AND NOT i.indisvalid AND pg_table_is_visible(c.oid)
+"""
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """True when the error means the session is gone (killed, server down, network)."""
+    if isinstance(
+        exc,
+        OSError
+        | asyncpg.ConnectionDoesNotExistError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncio.TimeoutError,
+    ):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return sqlstate in _CONNECTION_SQLSTATES or sqlstate.startswith("08")
+
+
+def session_settings(settings: MigrationSettings) -> dict[str, str]:
+    """The `cex.*` settings migration SQL reads (docs/migration-files.md)."""
+    return {
+        "cex.app_role": settings.app_role,
+        "cex.readonly_role": settings.readonly_role,
+        "cex.backfill_batch_size": str(settings.backfill_batch_size),
+        "cex.backfill_sleep_ms": str(settings.backfill_sleep_ms),
+    }
+
+
+class Executor:
+    """Runs the steps of planned migrations on one connection, recording each."""
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        database: str,
+        settings: MigrationSettings,
+        lock_timeout_ms: int,
+        statement_timeout_ms: int,
+        lock_retries: int,
+        applied_from: str,
+        say: Callable[[str], None],
+        verbose: bool = False,
+    ) -> None:
+        self.conn = conn
+        self.database = database
+        self.settings = settings
+        self.lock_timeout_ms = lock_timeout_ms
+        self.statement_timeout_ms = statement_timeout_ms
+        self.lock_retries = lock_retries
+        self.applied_from = applied_from
+        self.say = say
+        self.verbose = verbose
+        self.current: str = "-"
+        self.current_step: str = "-"
+        self.step_started = time.monotonic()
+
+    async def prepare(self) -> None:
+        """Session settings for the whole run: lock/statement timeouts, cex.* values."""
+        values = {
+            "lock_timeout": f"{int(self.lock_timeout_ms)}ms",
+            "statement_timeout": f"{int(self.statement_timeout_ms)}ms",
+            **session_settings(self.settings),
+        }
+        names = list(values)
+        await self.conn.execute(
+            "SELECT "
+            + ", ".join(
+                f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(names))
+            ),
+            *[x for name in names for x in (name, values[name])],
+        )
+        self.conn.add_log_listener(self._on_notice)
+
+    def close(self) -> None:
+        if not self.conn.is_closed():
+            self.conn.remove_log_listener(self._on_notice)
+
+    def _on_notice(self, _conn: object, message: asyncpg.PostgresLogMessage) -> None:
+        severity = getattr(message, "severity", "NOTICE")
+        self.say(f"{self.database}: {self.current}: {severity}: {message.message}")
+
+    # ---- foreground --------------------------------------------------------
+
+    async def run_foreground(self, pm: PlannedMigration) -> int:
+        """Apply the foreground steps of one migration; returns its duration in ms."""
+        m = pm.migration
+        self.current = m.label
+        started = time.monotonic()
+        if pm.checksum_changed:
+            self.say(
+                f"{self.database}: {m.label}: the file changed since the failed attempt; "
+                "resuming with the new file"
+            )
+        if m.single_transaction and not pm.resuming:
+            await self._single_transaction(m)
+        else:
+            await self._stepwise(pm, background=False, started=started)
+        elapsed = int((time.monotonic() - started) * 1000)
+        return elapsed
+
+    async def _single_transaction(self, m: Migration) -> None:
+        final = "background" if m.background_steps else "applied"
+        body = "\n;\n".join(step.sql for step in m.foreground_steps)
+        record = hist.record_statement(
+            version=m.version,
+            name=m.name,
+            feature=m.feature,
+            checksum=m.checksum,
+            state=final,
+            steps_done=len(m.foreground_steps),
+            statements_done=0,
+            applied_from=self.applied_from,
+            execution_ms_sql=_ELAPSED_MS,
+            step_name="all",
+            step_ms_sql=_ELAPSED_MS,
+        )
+        message = (
+            f"BEGIN;\nSET LOCAL standard_conforming_strings = on;\n{body}\n;\n{record}\nCOMMIT;"
+        )
+        self.current_step = "all"
+        await self._transaction_with_retry(m, message, step=None, background=False)
+
+    async def _stepwise(self, pm: PlannedMigration, *, background: bool, started: float) -> None:
+        m = pm.migration
+        order = m.execution_order
+        n_fg = len(m.foreground_steps)
+        indices = range(n_fg, len(order)) if background else range(n_fg)
+        if not background:
+            await self._execute(
+                hist.record_statement(
+                    version=m.version,
+                    name=m.name,
+                    feature=m.feature,
+                    checksum=m.checksum,
+                    state="running",
+                    steps_done=pm.start_step,
+                    statements_done=pm.start_statement,
+                    applied_from=self.applied_from,
+                ),
+                m,
+                None,
+            )
+        for index in indices:
+            if index < pm.start_step:
+                continue
+            step = order[index]
+            first = pm.start_statement if index == pm.start_step else 0
+            last_step = index == len(indices) - 1 + (n_fg if background else 0)
+            if background:
+                final = "applied" if last_step else "background"
+            else:
+                final = (
+                    ("background" if m.background_steps else "applied") if last_step else "running"
+                )
+            self.current_step = step.name
+            self.step_started = time.monotonic()
+            step_started = time.monotonic()
+            if self.verbose:
+                self.say(f"{self.database}: {m.label}: step {step.name} starts")
+            prior_ms = int((step_started - started) * 1000)
+            if step.transactional:
+                record = hist.record_statement(
+                    version=m.version,
+                    name=m.name,
+                    feature=m.feature,
+                    checksum=m.checksum,
+                    state=final,
+                    steps_done=index + 1,
+                    statements_done=0,
+                    applied_from=self.applied_from,
+                    execution_ms_sql="NULL" if background else f"{prior_ms} + {_ELAPSED_MS}",
+                    step_name=step.name,
+                    step_ms_sql=_ELAPSED_MS,
+                )
+                message = (
+                    "BEGIN;\nSET LOCAL standard_conforming_strings = on;\n"
+                    f"{step.sql}\n;\n{record}\nCOMMIT;"
+                )
+                await self._transaction_with_retry(m, message, step=step, background=background)
+            else:
+                await self._autocommit_step(m, index, step, first, background)
+                step_ms = int((time.monotonic() - step_started) * 1000)
+                await self._execute(
+                    hist.record_statement(
+                        version=m.version,
+                        name=m.name,
+                        feature=m.feature,
+                        checksum=m.checksum,
+                        state=final,
+                        steps_done=index + 1,
+                        statements_done=0,
+                        applied_from=self.applied_from,
+                        execution_ms_sql="NULL" if background else str(prior_ms + step_ms),
+                        step_name=step.name,
+                        step_ms_sql=str(step_ms),
+                    ),
+                    m,
+                    None,
+                )
+            if self.verbose:
+                ms = int((time.monotonic() - step_started) * 1000)
+                self.say(f"{self.database}: {m.label}: step {step.name} done in {ms} ms")
+
+    async def _autocommit_step(
+        self, m: Migration, index: int, step: Step, first: int, background: bool
+    ) -> None:
+        statements = step.statements
+        for j in range(first, len(statements)):
+            statement = statements[j]
+            index_name = concurrent_index_name(statement)
+            if index_name is not None:
+                await self._drop_invalid_index(m, index_name)
+            await self._statement_with_retry(m, step, statement, background)
+            await self._execute(
+                "UPDATE migration_history SET statements_done = "
+                f"{j + 1} WHERE version = {hist.literal(m.version)}",
+                m,
+                None,
+            )
+
+    async def _drop_invalid_index(self, m: Migration, name: str) -> None:
+        """An interrupted CREATE INDEX CONCURRENTLY leaves an INVALID index; rebuild it."""
+        try:
+            found = await self.conn.fetchval(_INVALID_INDEX, name)
+        except Exception as exc:
+            raise self._wrap(exc, m, None, False) from exc
+        if found:
+            self.say(
+                f"{self.database}: {m.label}: dropping INVALID index {name} left by an "
+                "interrupted build, then building it again"
+            )
+            quoted = '"' + name.replace('"', '""') + '"'
+            await self._execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quoted}", m, None)
+
+    # ---- background --------------------------------------------------------
+
+    async def run_background(self, pm: PlannedMigration) -> int:
+        """Run the background steps of one migration from where they stopped."""
+        m = pm.migration
+        self.current = m.label
+        started = time.monotonic()
+        await self._stepwise(pm, background=True, started=started)
+        elapsed = int((time.monotonic() - started) * 1000)
+        await self._execute(
+            "UPDATE migration_history SET background_ms = coalesce(background_ms, 0) + "
+            f"{elapsed} WHERE version = {hist.literal(m.version)}",
+            m,
+            None,
+        )
+        return elapsed
+
+    # ---- execution with retries and error mapping --------------------------
+
+    async def _transaction_with_retry(
+        self, m: Migration, message: str, *, step: Step | None, background: bool
+    ) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.conn.execute(message)
+                return
+            except _LOCK_ERRORS as exc:
+                await self._rollback(m)
+                attempt += 1
+                if attempt > self.lock_retries:
+                    await self._record_failure(m, exc, step, background)
+                    raise LockTimeoutError(
+                        f"{self.database}: {m.label}: could not get a table lock within "
+                        f"{self.lock_timeout_ms} ms after {attempt} attempts ({exc}); the "
+                        "migration was rolled back. Long transactions on the tables hold it "
+                        "up; see `status --verbose` pre-flight warnings, then run again"
+                    ) from exc
+                await self._backoff(m, attempt, exc)
+            except Exception as exc:
+                if not is_connection_lost(exc):
+                    await self._rollback(m)
+                    await self._record_failure(m, exc, step, background)
+                raise self._wrap(exc, m, step, background) from exc
+
+    async def _statement_with_retry(
+        self, m: Migration, step: Step, statement: str, background: bool
+    ) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.conn.execute(statement)
+                return
+            except _LOCK_ERRORS as exc:
+                attempt += 1
+                if attempt > self.lock_retries:
+                    await self._record_failure(m, exc, step, background, statement)
+                    raise LockTimeoutError(
+                        f"{self.database}: {m.label}: step {step.name}: could not get a lock "
+                        f"within {self.lock_timeout_ms} ms after {attempt} attempts: {exc}. "
+                        "Statements before it are done; run again to resume here"
+                    ) from exc
+                index_name = concurrent_index_name(statement)
+                if index_name is not None:
+                    await self._drop_invalid_index(m, index_name)
+                await self._backoff(m, attempt, exc)
+            except Exception as exc:
+                if not is_connection_lost(exc):
+                    await self._record_failure(m, exc, step, background, statement)
+                raise self._wrap(exc, m, step, background, statement) from exc
+
+    async def _backoff(self, m: Migration, attempt: int, exc: BaseException) -> None:
+        delay = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5)
+        self.say(
+            f"{self.database}: {m.label}: lock not available ({type(exc).__name__}); "
+            f"retry {attempt}/{self.lock_retries} in {delay:.2f}s"
+        )
+        await asyncio.sleep(delay)
+
+    async def _rollback(self, m: Migration) -> None:
+        try:
+            await self.conn.execute("ROLLBACK")
+        except Exception as exc:
+            if not is_connection_lost(exc):
+                raise self._wrap(exc, m, None, False) from exc
+
+    async def _record_failure(
+        self,
+        m: Migration,
+        exc: BaseException,
+        step: Step | None,
+        background: bool,
+        statement: str | None = None,
+    ) -> None:
+        if statement is None and step is None and m.version == "000":
+            return  # no history table to record into
+        try:
+            await hist.record_failure(
+                self.conn,
+                version=m.version,
+                name=m.name,
+                feature=m.feature,
+                checksum=m.checksum,
+                applied_from=self.applied_from,
+                error=f"{type(exc).__name__}: {exc}",
+                statement=statement or (step.name if step else None),
+                background=background,
+            )
+        except asyncpg.UndefinedTableError:
+            pass  # 000 itself failed; nothing to record into
+        except Exception as inner:
+            if not is_connection_lost(inner):
+                raise
+
+    async def _execute(self, sql: str, m: Migration, step: Step | None) -> None:
+        try:
+            await self.conn.execute(sql)
+        except Exception as exc:
+            raise self._wrap(exc, m, step, False) from exc
+
+    def _wrap(
+        self,
+        exc: BaseException,
+        m: Migration,
+        step: Step | None,
+        background: bool,
+        statement: str | None = None,
+    ) -> MigrationError:
+        if isinstance(exc, MigrationError):
+            return exc
+        where = f"{self.database}: {m.label}"
+        if step is not None:
+            where += f": step {step.name}"
+        if is_connection_lost(exc):
+            return ConnectionLostError(
+                f"{where}: the database connection was lost ({type(exc).__name__}: {exc}). "
+                "A transactional step was rolled back by the server; statements of "
+                "transaction:false steps that finished are recorded. Check that the server "
+                "is up, then run again: it resumes where it stopped"
+            )
+        detail = f"{type(exc).__name__}: {exc}"
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate:
+            detail += f" (SQLSTATE {sqlstate})"
+        hint = getattr(exc, "hint", None)
+        if hint:
+            detail += f"; hint: {hint}"
+        if statement is not None:
+            first = " ".join(statement.split())[:300]
+            return MigrationFailedError(
+                f"{where} failed at statement: {first}\n  {detail}\n"
+                "Statements before it are done and recorded. Fix the cause and run again: "
+                "it resumes at this statement"
+                + (" (the schema for new writes is in place)" if background else "")
+            )
+        return MigrationFailedError(
+            f"{where} failed and was rolled back: {detail}\n"
+            "Nothing of this step was applied. Fix the cause (or the file, if it is not "
+            "applied anywhere yet) and run again"
+        )
+
+
+def _default_settings() -> MigrationSettings:
+    from cex_arbitrage.config import MigrationSettings
+
+    return MigrationSettings()

@@ -1,0 +1,245 @@
+"""Read and write migration_history, the single truth of what is applied.
+
+The boot check reads the server version and the whole history in ONE round
+trip; a database without the history table answers with UndefinedTableError,
+which costs the same single round trip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from typing import Any
+
+import asyncpg
+
+_READ_STATE = """
+SELECT current_setting('server_version_num')::int AS server_version,
+       current_user AS current_user,
+       h.version, h.name, h.feature, h.checksum, h.state, h.applied_at, h.finished_at,
+       h.execution_ms, h.background_ms, h.applied_by, h.applied_from, h.steps_done,
+       h.statements_done, h.step_timings::text AS step_timings, h.last_error,
+       h.failed_statement
+FROM (SELECT 1) AS one
+LEFT JOIN migration_history h ON true
+ORDER BY h.version
+"""
+
+_READ_SERVER = """
+SELECT current_setting('server_version_num')::int AS server_version, current_user AS current_user
+"""
+
+_READ_PROGRESS = """
+SELECT version, task, position, rows_done, rows_total, done, detail::text AS detail, updated_at
+FROM migration_progress ORDER BY version, task
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryRow:
+    """One row of migration_history."""
+
+    version: str
+    name: str
+    feature: str | None
+    checksum: str | None
+    state: str
+    applied_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    execution_ms: int | None
+    background_ms: int | None
+    applied_by: str | None
+    applied_from: str | None
+    steps_done: int
+    statements_done: int
+    step_timings: dict[str, int]
+    last_error: str | None
+    failed_statement: str | None
+
+    @property
+    def is_applied(self) -> bool:
+        """Foreground part done: the schema new writes need is there."""
+        return self.state in ("applied", "background")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressRow:
+    version: str
+    task: str
+    position: str | None
+    rows_done: int
+    rows_total: int | None
+    done: bool
+    detail: dict[str, Any]
+    updated_at: dt.datetime
+
+    def describe(self) -> str:
+        total = f"/{self.rows_total}" if self.rows_total is not None else ""
+        pct = ""
+        if self.rows_total:
+            pct = f" ({min(100.0, 100.0 * self.rows_done / self.rows_total):.1f}%)"
+        return f"{self.task} {self.rows_done}{total}{pct}{' done' if self.done else ''}"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseState:
+    """What the boot check learns in its single round trip."""
+
+    server_version: int
+    current_user: str
+    has_history: bool
+    history: dict[str, HistoryRow]
+
+
+async def read_state(conn: asyncpg.Connection) -> DatabaseState:
+    """Server version, user and history; one round trip when the table exists."""
+    try:
+        rows = await conn.fetch(_READ_STATE)
+    except asyncpg.UndefinedTableError:
+        row = await conn.fetchrow(_READ_SERVER)
+        assert row is not None
+        return DatabaseState(row["server_version"], row["current_user"], False, {})
+    first = rows[0]
+    history = {r["version"]: _history_row(r) for r in rows if r["version"] is not None}
+    return DatabaseState(first["server_version"], first["current_user"], True, history)
+
+
+def _history_row(r: asyncpg.Record) -> HistoryRow:
+    return HistoryRow(
+        version=r["version"],
+        name=r["name"],
+        feature=r["feature"],
+        checksum=r["checksum"],
+        state=r["state"],
+        applied_at=r["applied_at"],
+        finished_at=r["finished_at"],
+        execution_ms=r["execution_ms"],
+        background_ms=r["background_ms"],
+        applied_by=r["applied_by"],
+        applied_from=r["applied_from"],
+        steps_done=r["steps_done"],
+        statements_done=r["statements_done"],
+        step_timings=json.loads(r["step_timings"] or "{}"),
+        last_error=r["last_error"],
+        failed_statement=r["failed_statement"],
+    )
+
+
+async def read_progress(conn: asyncpg.Connection) -> list[ProgressRow]:
+    """Checkpoints of long background work (empty before 000 ran)."""
+    try:
+        rows = await conn.fetch(_READ_PROGRESS)
+    except asyncpg.UndefinedTableError:
+        return []
+    return [
+        ProgressRow(
+            r["version"],
+            r["task"],
+            r["position"],
+            r["rows_done"],
+            r["rows_total"],
+            r["done"],
+            json.loads(r["detail"] or "{}"),
+            r["updated_at"],
+        )
+        for r in rows
+    ]
+
+
+def literal(value: str | int | None) -> str:
+    """A SQL literal for the runner's own bookkeeping statements.
+
+    The history updates travel in the same simple-query message as the
+    migration's SQL (one round trip, one transaction), where bind parameters
+    are not available. Only the runner's own values pass through here, never
+    SQL from input; strings are quoted with standard_conforming_strings, which
+    the message sets for itself.
+    """
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(int(value))
+    return "'" + value.replace("'", "''").replace("\x00", "") + "'"
+
+
+def record_statement(
+    *,
+    version: str,
+    name: str,
+    feature: str | None,
+    checksum: str,
+    state: str,
+    steps_done: int,
+    statements_done: int,
+    applied_from: str,
+    execution_ms_sql: str = "NULL",
+    step_name: str | None = None,
+    step_ms_sql: str | None = None,
+) -> str:
+    """Upsert of the history row, sent in the same message as the SQL it records.
+
+    `*_sql` arguments are SQL expressions made by the runner (e.g. the
+    step's elapsed time measured by the server with clock_timestamp()).
+    """
+    timing = "h.step_timings"
+    initial_timings = "'{}'::jsonb"
+    if step_name is not None and step_ms_sql is not None:
+        initial_timings = f"jsonb_build_object({literal(step_name)}, {step_ms_sql})"
+        timing = f"h.step_timings || {initial_timings}"
+    finished = "now()" if state == "applied" else "NULL"
+    exec_ms = execution_ms_sql
+    return f"""
+INSERT INTO migration_history AS h
+    (version, name, feature, checksum, state, applied_at, finished_at, execution_ms,
+     applied_by, applied_from, steps_done, statements_done, step_timings)
+VALUES ({literal(version)}, {literal(name)}, {literal(feature)}, {literal(checksum)},
+        {literal(state)}, now(), {finished}, {exec_ms}, current_user, {literal(applied_from)},
+        {int(steps_done)}, {int(statements_done)}, {initial_timings})
+ON CONFLICT (version) DO UPDATE SET
+    name = EXCLUDED.name, feature = EXCLUDED.feature, checksum = EXCLUDED.checksum,
+    state = EXCLUDED.state, finished_at = EXCLUDED.finished_at,
+    execution_ms = coalesce(EXCLUDED.execution_ms, h.execution_ms),
+    applied_by = EXCLUDED.applied_by, applied_from = EXCLUDED.applied_from,
+    steps_done = EXCLUDED.steps_done, statements_done = EXCLUDED.statements_done,
+    step_timings = {timing}, last_error = NULL, failed_statement = NULL;
+"""
+
+
+async def record_failure(
+    conn: asyncpg.Connection,
+    *,
+    version: str,
+    name: str,
+    feature: str | None,
+    checksum: str,
+    applied_from: str,
+    error: str,
+    statement: str | None,
+    background: bool,
+) -> None:
+    """Record a failure with the error and the statement, for status and resume.
+
+    A failed background step leaves the migration in state `background`: the
+    schema new writes need is in place, only old-row work is unfinished.
+    """
+    await conn.execute(
+        """
+        INSERT INTO migration_history AS h
+            (version, name, feature, checksum, state, applied_from, last_error,
+             failed_statement)
+        VALUES ($1, $2, $3, $4, 'failed', $5, $6, $7)
+        ON CONFLICT (version) DO UPDATE
+           SET state = CASE WHEN $8 THEN h.state ELSE 'failed' END,
+               last_error = EXCLUDED.last_error, failed_statement = EXCLUDED.failed_statement
+         WHERE h.state <> 'applied'
+        """,
+        version,
+        name,
+        feature,
+        checksum,
+        applied_from,
+        error[:4000],
+        statement[:4000] if statement else None,
+        background,
+    )

@@ -1,0 +1,113 @@
+"""Checks against the live database before anything runs.
+
+Refuses (exit code 7) what would certainly fail halfway: a server too old, a
+user that may not create objects. Warns about what would slow or block a
+migration: INVALID indexes from an earlier interrupted build, and long open
+transactions that a DDL lock would queue behind (while queued, that lock
+request blocks the collectors' inserts; lock_timeout bounds it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import asyncpg
+
+from cex_arbitrage.db.migrations.errors import PreflightError
+
+MIN_SERVER_VERSION = 120000
+
+_CHECKS = """
+SELECT current_setting('server_version_num')::int AS server_version,
+       current_setting('server_version') AS server_version_text,
+       current_user AS usr,
+       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS is_superuser,
+       has_database_privilege(current_database(), 'CREATE') AS can_create_schema,
+       has_schema_privilege('public', 'CREATE') AS can_create_in_public,
+       (SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+           AND c.relname = ANY($1::text[])
+           AND NOT pg_has_role(current_user, c.relowner, 'USAGE')) AS not_owned,
+       (SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}')
+          FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       ) AS invalid_indexes,
+       (SELECT coalesce(array_agg(extname || ' ' || extversion ORDER BY extname), '{}')
+          FROM pg_extension) AS extensions
+"""
+
+_LONG_TRANSACTIONS = """
+SELECT pid, usename, application_name, state,
+       extract(epoch FROM now() - xact_start)::int AS seconds,
+       left(regexp_replace(query, '\\s+', ' ', 'g'), 120) AS query
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND xact_start < now() - make_interval(secs => $1)
+ORDER BY xact_start
+LIMIT 5
+"""
+
+# Tables the shipped migrations alter; the runner must own them.
+ALTERED_TABLES = ("trades", "book_ticker_snapshots", "migration_history", "migration_progress")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preflight:
+    server_version: int
+    server_version_text: str
+    user: str
+    extensions: tuple[str, ...]
+    invalid_indexes: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+async def run_preflight(
+    conn: asyncpg.Connection, database: str, long_transaction_seconds: float = 30.0
+) -> Preflight:
+    """Refuse what cannot work; return warnings for what may be slow."""
+    row = await conn.fetchrow(_CHECKS, list(ALTERED_TABLES))
+    assert row is not None
+    if row["server_version"] < MIN_SERVER_VERSION:
+        raise PreflightError(
+            f"{database}: PostgreSQL {row['server_version_text']} is too old; "
+            "cex_arbitrage migrations need PostgreSQL 12 or newer"
+        )
+    user = row["usr"]
+    if not row["is_superuser"]:
+        if not row["can_create_in_public"]:
+            raise PreflightError(
+                f"{database}: user {user!r} may not create objects in schema public. "
+                f"Grant it: GRANT CREATE ON SCHEMA public TO {user}; (or migrate as the "
+                "owner of the database)"
+            )
+        if row["not_owned"]:
+            tables = ", ".join(row["not_owned"])
+            raise PreflightError(
+                f"{database}: user {user!r} does not own table(s) {tables}, which the "
+                "migrations alter. Migrate as their owner, or "
+                f"ALTER TABLE ... OWNER TO {user};"
+            )
+    warnings: list[str] = []
+    invalid = tuple(row["invalid_indexes"])
+    if invalid:
+        warnings.append(
+            f"{database}: INVALID index(es) left by an interrupted build: {', '.join(invalid)}; "
+            "a migration that builds one of them drops and rebuilds it"
+        )
+    for tx in await conn.fetch(_LONG_TRANSACTIONS, long_transaction_seconds):
+        warnings.append(
+            f"{database}: transaction open for {tx['seconds']}s in pid {tx['pid']} "
+            f"(user {tx['usename']}, application {tx['application_name']!r}, {tx['state']}: "
+            f"{tx['query']}); a lock the migration needs may queue behind it, bounded by "
+            "lock_timeout and retries"
+        )
+    return Preflight(
+        server_version=row["server_version"],
+        server_version_text=row["server_version_text"],
+        user=user,
+        extensions=tuple(row["extensions"]),
+        invalid_indexes=invalid,
+        warnings=tuple(warnings),
+    )
