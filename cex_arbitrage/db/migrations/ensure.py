@@ -20,7 +20,7 @@ import asyncpg
 
 from cex_arbitrage.db.migrations.connect import connect
 from cex_arbitrage.db.migrations.errors import MigrationError, SchemaNotReadyError
-from cex_arbitrage.db.migrations.history import read_state
+from cex_arbitrage.db.migrations.history import read_history_lean
 from cex_arbitrage.db.migrations.plan import Plan, make_plan
 from cex_arbitrage.db.migrations.run_migrations import (
     DEFAULT_FEATURES,
@@ -180,8 +180,8 @@ async def _ensure(
     say: Callable[[str], None],
 ) -> SchemaReport:
     database = config.display
-    state = await read_state(conn)  # the one round trip of the usual boot
-    plan = make_plan(migrations, state.history, features, database)
+    history = await read_history_lean(conn)  # the one round trip of the usual boot
+    plan = make_plan(migrations, history, features, database)
     started = time.monotonic()
     applied: list[str] = []
     if plan.foreground or plan.adopt_checksum:
@@ -247,8 +247,7 @@ async def _wait_until_current(
     started = time.monotonic()
     next_log = 0.0
     while True:
-        state = await read_state(conn)
-        plan = make_plan(migrations, state.history, features, database)
+        plan = make_plan(migrations, await read_history_lean(conn), features, database)
         if not plan.foreground:
             return plan
         waited = time.monotonic() - started

@@ -26,6 +26,12 @@ LEFT JOIN migration_history h ON true
 ORDER BY h.version
 """
 
+# The boot check: only what planning needs, so the usual "nothing pending"
+# answer costs about one bare round trip (bench/bench_boot.py).
+_READ_LEAN = """
+SELECT version, state, checksum, steps_done, statements_done FROM migration_history
+"""
+
 _READ_SERVER = """
 SELECT current_setting('server_version_num')::int AS server_version, current_user AS current_user
 """
@@ -103,6 +109,35 @@ async def read_state(conn: asyncpg.Connection) -> DatabaseState:
     first = rows[0]
     history = {r["version"]: _history_row(r) for r in rows if r["version"] is not None}
     return DatabaseState(first["server_version"], first["current_user"], True, history)
+
+
+async def read_history_lean(conn: asyncpg.Connection) -> dict[str, HistoryRow]:
+    """The history with just the fields planning needs; empty before 000 ran."""
+    try:
+        rows = await conn.fetch(_READ_LEAN)
+    except asyncpg.UndefinedTableError:
+        return {}
+    return {
+        r["version"]: HistoryRow(
+            version=r["version"],
+            name="",
+            feature=None,
+            checksum=r["checksum"],
+            state=r["state"],
+            applied_at=None,
+            finished_at=None,
+            execution_ms=None,
+            background_ms=None,
+            applied_by=None,
+            applied_from=None,
+            steps_done=r["steps_done"],
+            statements_done=r["statements_done"],
+            step_timings={},
+            last_error=None,
+            failed_statement=None,
+        )
+        for r in rows
+    }
 
 
 def _history_row(r: asyncpg.Record) -> HistoryRow:

@@ -22,7 +22,7 @@ from cex_arbitrage.db.migrations import lock
 from cex_arbitrage.db.migrations.apply import Executor
 from cex_arbitrage.db.migrations.connect import connect
 from cex_arbitrage.db.migrations.errors import MigrationError, ValidationError
-from cex_arbitrage.db.migrations.history import read_progress, read_state
+from cex_arbitrage.db.migrations.history import read_history_lean, read_progress, read_state
 from cex_arbitrage.db.migrations.plan import Plan, check_checksums, make_plan
 from cex_arbitrage.db.migrations.preflight import run_preflight
 from cex_arbitrage.db.migrations.script import Migration
@@ -274,10 +274,13 @@ class MigrationRunner:
         own = conn is None
         conn = conn or await self._connect()
         try:
-            state = await read_state(conn)
             # Validate before taking any lock: an edited file or a bad target is refused at once.
             plan = make_plan(
-                migrations, state.history, self.features, self.db_config.display, target_version
+                migrations,
+                await read_history_lean(conn),
+                self.features,
+                self.db_config.display,
+                target_version,
             )
             if plan.foreground or plan.adopt_checksum:
                 result = await apply_plan(
