@@ -1,6 +1,6 @@
 """Runner benchmarks (issue: runner/CLI).
 
-1. No-op run, nothing pending, in-process, against one bare `SELECT 1`
+1. No-op run (`MigrationRunner.migrate`), nothing pending, in-process, against one bare `SELECT 1`
    round trip on the same connection. Target: at most 3x.
 2. Applying 100 generated small migrations with the runner, against
    `psql -X -q -1 -f` of the same SQL on a fresh database. Target: at most 1.2x.
@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 
 from bench._common import admin_config, create_database, drop_database, median_ms, timed, verdict
-from cex_arbitrage.db.migrations import DirectorySource, MigrationRunner, ensure_schema
+from cex_arbitrage.db.migrations import DirectorySource, MigrationRunner
 from cex_arbitrage.db.structs import DatabaseConfig
 
 INFRA = Path(__file__).resolve().parent.parent / "cex_arbitrage/db/migrations"
@@ -57,20 +57,15 @@ async def noop(admin: DatabaseConfig, repeat: int) -> None:
         try:
             for _ in range(20):  # warm both paths (statement cache, parsed files)
                 await conn.fetchval("SELECT 1")
-                await ensure_schema(conn, config=db, say=quiet)
+                await runner.migrate(conn=conn)
             floor = await timed(lambda: conn.fetchval("SELECT 1"), repeat)
-            hook = await timed(lambda: ensure_schema(conn, config=db, say=quiet), repeat)
             api = await timed(lambda: runner.migrate(conn=conn), repeat)
         finally:
             await conn.close()
     finally:
         await drop_database(admin, db)
-    f, h, a = median_ms(floor), median_ms(hook), median_ms(api)
+    f, a = median_ms(floor), median_ms(api)
     print(f"no-op   SELECT 1 round trip        median {f:8.3f} ms")
-    print(
-        f"no-op   ensure_schema(conn)        median {h:8.3f} ms  ratio {h / f:5.2f}x "
-        f"{verdict(h / f, 3.0)}"
-    )
     print(
         f"no-op   runner.migrate(conn=conn)  median {a:8.3f} ms  ratio {a / f:5.2f}x "
         f"{verdict(a / f, 3.0)}"
