@@ -17,7 +17,12 @@ from pathlib import Path
 
 from cex_arbitrage.config import AppConfig, load_config
 from cex_arbitrage.db.migrations.connect import connect
-from cex_arbitrage.db.migrations.errors import ExitCode, MigrationError, ValidationError
+from cex_arbitrage.db.migrations.errors import (
+    ConfigError,
+    ExitCode,
+    MigrationError,
+    ValidationError,
+)
 from cex_arbitrage.db.migrations.preflight import run_preflight
 from cex_arbitrage.db.migrations.run_migrations import MigrationRunner
 from cex_arbitrage.db.migrations.source import DirectorySource, MigrationSource, PackageSource
@@ -86,7 +91,7 @@ def _features(config: AppConfig, overrides: Sequence[str]) -> dict[str, bool]:
     for item in overrides:
         name, sep, value = item.partition("=")
         if not sep or value.lower() not in ("on", "off", "true", "false", "1", "0"):
-            raise ValidationError(f"--feature {item!r}: expected NAME=on or NAME=off")
+            raise ConfigError(f"--feature {item!r}: expected NAME=on or NAME=off")
         features[name.strip()] = value.lower() in ("on", "true", "1")
     return features
 
