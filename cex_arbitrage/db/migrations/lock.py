@@ -40,7 +40,14 @@ async def try_lock(conn: asyncpg.Connection, purpose: int) -> bool:
 
 
 async def unlock(conn: asyncpg.Connection, purpose: int) -> None:
-    if not conn.is_closed():
+    if conn.is_closed():
+        return
+    try:
+        await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", LOCK_NAMESPACE, purpose)
+    except asyncpg.InFailedSQLTransactionError:
+        # A step cancelled mid-query (Ctrl-C, engine shutdown) leaves its aborted
+        # transaction open; end it, or this error would hide the cancellation.
+        await conn.execute("ROLLBACK")
         await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", LOCK_NAMESPACE, purpose)
 
 

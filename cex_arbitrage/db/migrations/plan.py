@@ -113,6 +113,18 @@ def make_plan(
     """Compare files with history and decide what runs, or refuse."""
     by_version = {m.version: m for m in migrations}
     unknown = sorted(v for v in history if v not in by_version)
+    abandoned = [v for v in unknown if not history[v].is_applied]
+    if abandoned:
+        # Not "a newer version": an attempt that failed or was cut off, whose file is gone.
+        rows = ", ".join(f"version {v} ({history[v].state})" for v in abandoned)
+        raise ValidationError(
+            f"{database}: migration_history records an unfinished attempt of {rows}, but "
+            "this code has no file for it (a newer cex_arbitrage's, or deleted after it "
+            "failed). Deploy the code with that file and run again to finish it; or, "
+            "if it was abandoned, undo what of it was applied (transaction:false statements "
+            "before the failure stay), then remove its row: DELETE FROM migration_history "
+            f"WHERE version IN ({', '.join(repr(v) for v in abandoned)})"
+        )
     if unknown:
         raise ValidationError(
             f"{database}: migration(s) {', '.join(unknown)} are recorded in migration_history "

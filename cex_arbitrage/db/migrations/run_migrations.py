@@ -195,8 +195,11 @@ async def run_background_steps(
         try:
             for pm in plan.background:
                 m = pm.migration
-                if pm.start_step < len(m.foreground_steps):
-                    continue  # foreground not finished (failed); apply resumes it first
+                row = state.history.get(m.version)
+                if row is None or row.state != "background":
+                    # Foreground not applied (pending, failed, above a target): the plan
+                    # lists its background steps for after it; apply runs it first.
+                    continue
                 resumed = pm.start_step > len(m.foreground_steps) or pm.start_statement > 0
                 say(
                     f"{database}: background steps of {m.filename} "

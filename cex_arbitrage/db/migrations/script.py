@@ -13,12 +13,22 @@ import re
 from cex_arbitrage.db.migrations.errors import ValidationError
 
 FILENAME_RE = re.compile(r"^(?P<version>\d{3,})_(?P<name>[a-z0-9][a-z0-9_]*)\.sql$")
-_DIRECTIVE_RE = re.compile(r"^--\s*migrate:(?P<key>[a-z-]+)\s*(?P<value>.*?)\s*$")
+_DIRECTIVE_RE = re.compile(r"^--\s*migrate:(?P<key>[a-z-]+)(?:\s+(?P<value>.*?))?\s*$")
+# Anything that looks like a directive but is not one (`migrate:Feature`, `migrate: step`)
+# is refused rather than read as a comment: ignoring it could run a feature's SQL as core.
+_DIRECTIVE_LIKE_RE = re.compile(r"^\s*--\s*migrate\s*:", re.IGNORECASE)
 _STEP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+# The runner owns transactions; a top-level COMMIT in a step would commit half a migration.
+# (Not END: it also closes a BEGIN ATOMIC function body, which a transactional step allows.)
+_TRANSACTION_CONTROL_RE = re.compile(
+    r"^(?P<word>BEGIN|START\s+TRANSACTION|COMMIT|ROLLBACK|ABORT)\b(?!\s+(?:TO|PREPARED)\b)",
+    re.IGNORECASE,
+)
 _HEADER_KEYS = ("feature", "depends", "description")
 _STEP_FLAGS = ("transaction:false", "background")
 _INDEX_CONCURRENTLY_RE = re.compile(
     r"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    r"(?!ON\b)"  # `CREATE INDEX CONCURRENTLY ON t (...)` has no name to look for
     r"(?P<name>\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)",
     re.IGNORECASE,
 )
@@ -94,11 +104,13 @@ def parse_migration(filename: str, text: str) -> Migration:
     steps: list[Step] = []
     current_name, current_tx, current_bg, current_line = "main", True, False, 1
     buffer: list[str] = []
+    buffer_line = 1  # the line the buffered SQL starts at
     seen_sql = False
     psql_only = False
 
     def close_step() -> None:
         sql = "".join(buffer)
+        _refuse_transaction_control(filename, sql, buffer_line)
         if split_statements(sql):
             steps.append(Step(current_name, sql, current_tx, current_bg, current_line))
         elif current_name != "main":
@@ -108,13 +120,19 @@ def parse_migration(filename: str, text: str) -> Migration:
 
     for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
         directive = _DIRECTIVE_RE.match(line.rstrip("\r\n"))
+        if directive is None and _DIRECTIVE_LIKE_RE.match(line):
+            raise ValidationError(
+                f"{filename}:{lineno}: malformed directive {line.strip()!r}; write "
+                "`-- migrate:KEY VALUE` with a lower-case key: "
+                f"{', '.join((*_HEADER_KEYS, 'step', 'psql-only'))}"
+            )
         if directive is None:
             if not psql_only:
                 buffer.append(line)
                 if not seen_sql and _has_sql(line):
                     seen_sql = True
             continue
-        key, value = directive["key"], directive["value"]
+        key, value = directive["key"], directive["value"] or ""
         where = f"{filename}:{lineno}"
         if psql_only:
             raise ValidationError(f"{where}: no migrate: directive may follow migrate:psql-only")
@@ -130,7 +148,7 @@ def parse_migration(filename: str, text: str) -> Migration:
             header[key] = value
         elif key == "step":
             close_step()
-            buffer = []
+            buffer, buffer_line = [], lineno + 1
             parts = value.split()
             if not parts or not _STEP_NAME_RE.match(parts[0]):
                 raise ValidationError(
@@ -180,7 +198,7 @@ def parse_migration(filename: str, text: str) -> Migration:
     else:
         depends = () if version == "000" else ("000",)
     for dep in depends:
-        if dep >= version and len(dep) == len(version):
+        if int(dep) >= int(version):
             raise ValidationError(f"{filename}: depends on {dep}, which is not an earlier version")
     return Migration(
         version=version,
@@ -192,6 +210,28 @@ def parse_migration(filename: str, text: str) -> Migration:
         steps=tuple(steps),
         checksum=checksum_of(text),
     )
+
+
+def _refuse_transaction_control(filename: str, sql: str, first_line: int) -> None:
+    """Refuse BEGIN/COMMIT/ROLLBACK at top level, naming the line."""
+    pos = 0
+    for statement in split_statements(sql):
+        fragment = statement[:-1]  # as it stands in `sql`, stripped, without the `;`
+        start = sql.find(fragment, pos)
+        pos = start + len(fragment)
+        body = strip_leading_comments(fragment)
+        match = _TRANSACTION_CONTROL_RE.match(body)
+        if match:
+            line = first_line + sql.count("\n", 0, pos - len(body))
+            word = " ".join(match["word"].upper().split())
+            raise ValidationError(
+                f"{filename}:{line}: {word} is not allowed in a migration: the runner runs "
+                "each step in a transaction of its own (a transaction:false step statement "
+                f"by statement), and {word} would end it halfway through the migration. "
+                "Remove it; put work that must commit on its own in a "
+                "`-- migrate:step NAME transaction:false` step (for an atomic manual run, "
+                "use `psql -1 -f`)"
+            )
 
 
 def _has_sql(line: str) -> bool:

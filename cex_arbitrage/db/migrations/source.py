@@ -72,8 +72,9 @@ def load_migrations(source: MigrationSource) -> list[Migration]:
         key=lambda m: (int(m.version), m.version),
     )
     by_version: dict[str, Migration] = {}
+    by_number: dict[int, Migration] = {}  # 001 and 0001 are one version too
     for migration in migrations:
-        other = by_version.get(migration.version)
+        other = by_number.get(int(migration.version))
         if other is not None:
             raise ValidationError(
                 f"two migration files have version {migration.version}: "
@@ -81,6 +82,7 @@ def load_migrations(source: MigrationSource) -> list[Migration]:
                 "renumber one of them"
             )
         by_version[migration.version] = migration
+        by_number[int(migration.version)] = migration
     for migration in migrations:
         for dep in migration.depends:
             if dep not in by_version:
