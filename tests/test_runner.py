@@ -890,6 +890,48 @@ async def test_background_steps_wait_and_run_background_completes_them(
     assert await runner.run_background() == []
 
 
+async def test_background_step_cut_off_resumes_where_it_stopped(
+    db: DatabaseConfig,
+    conn: asyncpg.Connection,
+    other_session: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:
+    d = write_migrations(
+        tmp_path / "m",
+        {
+            "001_bg.sql": (
+                "CREATE TABLE c (n int);\n"
+                "-- migrate:step fill background transaction:false\n"
+                "INSERT INTO c VALUES (1);\n"
+                "SELECT pg_advisory_xact_lock(4242);\n"  # blocks while the test holds it
+                "INSERT INTO c VALUES (2);\n"
+                "-- migrate:step more background\n"
+                "INSERT INTO c VALUES (3);\n"
+            )
+        },
+    )
+    await make_runner(db, d).migrate(background=False)
+    await other_session.execute("SELECT pg_advisory_lock(4242)")
+    runner_db = dataclasses.replace(db, application_name=RUNNER_APP)
+    task = asyncio.create_task(make_runner(runner_db, d).run_background())
+    await kill_backend_running(conn, "pg_advisory_xact_lock(4242)")
+    with pytest.raises(ConnectionLostError) as info:
+        await asyncio.wait_for(task, 10)
+
+    assert info.value.exit_code == 8
+    assert "001_bg: step fill" in info.value.message
+    row = (await history(conn))["001"]
+    assert (row["state"], row["steps_done"], row["statements_done"]) == ("background", 1, 1)
+    assert [r["n"] for r in await conn.fetch("SELECT n FROM c")] == [1]
+
+    await other_session.execute("SELECT pg_advisory_unlock(4242)")
+    said: list[str] = []
+    assert await make_runner(db, d, said).run_background() == ["001"]
+    assert [r["n"] for r in await conn.fetch("SELECT n FROM c ORDER BY n")] == [1, 2, 3]
+    assert (await states(conn))["001"] == "applied"
+    assert any("background steps of 001_bg.sql resume where they stopped" in s for s in said)
+
+
 async def test_migrate_runs_background_steps_by_default(
     db: DatabaseConfig, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
