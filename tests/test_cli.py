@@ -622,9 +622,11 @@ async def test_wrong_password_exits_3_and_the_right_one_works(
     assert no_password.returncode == ExitCode.CONNECT, explain(no_password)
 
     right_env = pg_env(role, {"PGPASSWORD": PASSWORD})
-    applied = run_cli("--target", "000", env=right_env)
+    applied = run_cli("--target", "000", "--verbose", env=right_env)
     assert applied.returncode == ExitCode.OK, explain(applied)
     assert PASSWORD not in output(applied)
+    assert f"database:   {PASSWORD_ROLE}:***@127.0.0.1:" in applied.stdout
+    assert re.search(rf"^user:\s+{PASSWORD_ROLE}$", applied.stdout, re.M), explain(applied)
     rows = await history(password_server)
     assert rows is not None and list(rows) == ["000"]
     assert rows["000"]["applied_by"] == PASSWORD_ROLE

@@ -86,9 +86,14 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InstalledWhe
     )
     (wheel,) = dist.glob("cex_arbitrage-*.whl")
     venv = root / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)], cwd=root, env=_clean_env())
+    # A bare venv filled by this interpreter's pip (--python): no ensurepip, seconds saved.
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=root, env=_clean_env())
     python = venv / "bin" / "python"
-    _run([python, "-m", "pip", "install", "--quiet", str(wheel)], cwd=root, env=_clean_env())
+    _run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "--quiet", str(wheel)],
+        cwd=root,
+        env=_clean_env(),
+    )
     outside = root / "ops"
     outside.mkdir()
     yield InstalledWheel(wheel, venv, python, venv / "bin" / "cex-migrate", outside)
