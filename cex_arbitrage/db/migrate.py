@@ -232,5 +232,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.stop()
 
 
+def run() -> None:
+    """Console entry point: `main()`, quiet when the reader of stdout goes away (`| head`)."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would print a traceback at exit; point stdout at /dev/null instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
