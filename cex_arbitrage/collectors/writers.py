@@ -1,0 +1,427 @@
+"""Batch writers: each batch of records is committed exactly once.
+
+A batch carries a UUID. The writer inserts the rows AND a row in
+`ingest_batch_log` (migration 002) in one transaction. When the connection
+dies mid-batch the writer cannot know whether COMMIT reached the server, so
+the retry first asks whether the batch id is recorded: if so the commit
+happened and only the acknowledgement was lost; otherwise nothing of the batch
+is in the database and it is sent again. A transaction still in flight on a
+half-dead connection cannot slip through either: the batch id is the log's
+primary key, so a second insert of it waits for the first and then fails.
+
+Rows travel by COPY (binary), the fastest way into PostgreSQL. Book tickers
+are copied straight into their table; trades go through a temporary staging
+table so that `INSERT ... SELECT ... ON CONFLICT DO NOTHING` can drop trades
+already stored (replays after a websocket reconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Generic, Protocol, TypeVar
+
+import asyncpg
+
+from cex_arbitrage.collectors.records import BookTicker, Trade
+
+__all__ = [
+    "BatchWriter",
+    "BookTickerWriter",
+    "ConnectFactory",
+    "TradeWriter",
+    "WriteError",
+    "WriteResult",
+    "is_connection_loss",
+]
+
+log = logging.getLogger("cex_arbitrage.collectors")
+
+R = TypeVar("R", BookTicker, Trade)
+R_contra = TypeVar("R_contra", contravariant=True)
+
+ConnectFactory = Callable[[], Awaitable[asyncpg.Connection]]
+"""Opens a new connection, e.g. `lambda: asyncpg.connect(**cfg.connect_kwargs())`."""
+
+# --- named queries ---------------------------------------------------------
+
+_BATCH_RECORDED = "SELECT rows FROM ingest_batch_log WHERE batch_id = $1"
+_RECORD_BATCH = "INSERT INTO ingest_batch_log (batch_id, table_name, rows) VALUES ($1, $2, $3)"
+_BATCH_LOG_PKEY = "ingest_batch_log_pkey"
+
+_BOOK_TICKER_COLUMNS = (
+    "timestamp",
+    "exchange",
+    "symbol_base",
+    "symbol_quote",
+    "bid_price",
+    "bid_qty",
+    "ask_price",
+    "ask_qty",
+)
+
+_TRADE_COLUMNS = (
+    "timestamp",
+    "exchange",
+    "symbol",
+    "symbol_base",
+    "symbol_quote",
+    "price",
+    "quantity",
+    "side",
+    "trade_id",
+    "quote_quantity",
+    "is_buyer",
+    "is_maker",
+)
+_TRADE_LIST = ", ".join(f'"{column}"' for column in _TRADE_COLUMNS)
+_TRADE_STAGE = "cex_stage_trades"
+# The staging table takes its column types from `trades` itself, so it follows
+# the migrated schema. ON COMMIT DELETE ROWS empties it at each commit; it is
+# created once per connection (IF NOT EXISTS: a no-op after the first batch).
+_CREATE_TRADE_STAGE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_TRADE_STAGE} ON COMMIT DELETE ROWS AS "
+    f"SELECT {_TRADE_LIST} FROM trades WITH NO DATA"
+)
+_MOVE_TRADES = (
+    f"INSERT INTO trades ({_TRADE_LIST}) SELECT {_TRADE_LIST} FROM {_TRADE_STAGE} "
+    # The partial unique index uq_trades_dedup (migration 001): its predicate
+    # must be repeated for PostgreSQL to infer it as the arbiter.
+    'ON CONFLICT (exchange, symbol_base, symbol_quote, trade_id, "timestamp") '
+    "WHERE trade_id IS NOT NULL DO NOTHING"
+)
+
+
+class WriteError(Exception):
+    """A batch could not be written: connection lost beyond the retry budget, or SQL failed."""
+
+
+@dataclasses.dataclass
+class WriteResult:
+    """What became of one `write()` call.
+
+    `inserted` can be smaller than `rows` for trades: duplicates are dropped.
+    `recovered` counts batches found already committed on a retry (the commit
+    happened; only its acknowledgement was lost). `rejected` counts records
+    the database refused on their own (bad data), logged one by one.
+    """
+
+    rows: int = 0
+    inserted: int = 0
+    rejected: int = 0
+    retries: int = 0
+    recovered: int = 0
+    batches: int = 0
+
+    def add(self, other: WriteResult) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+class BatchWriter(Protocol[R_contra]):
+    """Writes batches of one kind of record; what a collector drives."""
+
+    @property
+    def table(self) -> str: ...
+
+    async def write(self, batch: Sequence[R_contra]) -> WriteResult: ...
+
+    async def close(self) -> None: ...
+
+
+def is_connection_loss(exc: BaseException) -> bool:
+    """True when retrying on a fresh connection may succeed.
+
+    Covers a connection closed under us (server terminated the backend,
+    restart, network cut), a server not accepting connections yet, too many
+    connections, a timeout, and serialization/deadlock aborts.
+    """
+    return isinstance(
+        exc,
+        (
+            OSError,
+            asyncio.TimeoutError,
+            asyncpg.exceptions.PostgresConnectionError,  # class 08
+            asyncpg.exceptions.OperatorInterventionError,  # class 57: admin shutdown, cancel
+            asyncpg.exceptions.TooManyConnectionsError,
+            asyncpg.exceptions.TransactionRollbackError,  # class 40: retry is the cure
+        ),
+    )
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Connection loss, or a client-side state error that a fresh connection cures.
+
+    asyncpg reports a connection closed under a transaction, or left
+    mid-operation by a terminated backend, as InterfaceError or
+    InternalClientError rather than a connection error; the connection is
+    discarded (see _leaves_connection_clean), so a retry starts clean. A
+    client-side DataError (a value asyncpg cannot encode) is not retried.
+    """
+    if is_connection_loss(exc) or isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return True
+    return isinstance(exc, asyncpg.exceptions.InterfaceError) and not isinstance(exc, ValueError)
+
+
+def _is_bad_data(exc: BaseException) -> bool:
+    """The database refused the rows themselves; resending the same batch cannot help."""
+    if isinstance(exc, asyncpg.exceptions.UniqueViolationError):
+        return bool(exc.constraint_name != _BATCH_LOG_PKEY)
+    return isinstance(
+        exc,
+        (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError),
+    )
+
+
+def _leaves_connection_clean(exc: BaseException) -> bool:
+    """A server-side statement error: the transaction rolled back, the session is fine.
+
+    Anything else (connection lost, a timeout, cancellation, asyncpg's own
+    protocol errors) may leave the session mid-operation; asyncpg can even hand
+    such a connection back to a pool in a corrupted state after a backend was
+    terminated mid-transaction (MagicStack/asyncpg#784), so it is discarded.
+    """
+    return isinstance(exc, asyncpg.PostgresError) and not is_connection_loss(exc)
+
+
+def _discard(conn: asyncpg.Connection) -> None:
+    # A pool detaches a connection the server closed; terminating it then fails.
+    with contextlib.suppress(asyncpg.exceptions.InterfaceError):
+        conn.terminate()
+
+
+class _Connections:
+    """One connection at a time from a pool, or a dedicated one from a factory."""
+
+    def __init__(self, target: asyncpg.Pool | ConnectFactory) -> None:
+        self._pool = target if isinstance(target, asyncpg.Pool) else None
+        self._factory = None if isinstance(target, asyncpg.Pool) else target
+        self._conn: asyncpg.Connection | None = None
+
+    @contextlib.asynccontextmanager
+    async def lease(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is not None:
+            async with self._pool.acquire() as conn:
+                try:
+                    yield conn
+                except BaseException as exc:
+                    if not _leaves_connection_clean(exc):
+                        _discard(conn)  # the pool opens a fresh one on the next acquire
+                    raise
+            return
+        assert self._factory is not None
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._factory()
+        conn = self._conn
+        try:
+            yield conn
+        except BaseException as exc:
+            if not _leaves_connection_clean(exc):
+                _discard(conn)
+                self._conn = None
+            raise
+
+    async def close(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close(timeout=5)
+        self._conn = None
+
+
+class _Writer(Generic[R]):
+    """The exactly-once batch protocol; subclasses say how rows reach their table."""
+
+    table = ""
+
+    def __init__(
+        self,
+        target: asyncpg.Pool | ConnectFactory,
+        *,
+        max_retries: int = 5,
+        retry_delay: float = 0.2,
+        max_retry_delay: float = 10.0,
+        timeout: float = 60.0,
+        database: str = "",
+    ) -> None:
+        self._connections = _Connections(target)
+        self.max_retries = max_retries
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.timeout = timeout
+        self.database = database or "database"
+
+    async def close(self) -> None:
+        """Close a dedicated connection (a pool is the caller's to close)."""
+        await self._connections.close()
+
+    async def write(self, batch: Sequence[R]) -> WriteResult:
+        """Commit `batch` exactly once, retrying on connection loss with backoff.
+
+        Raises WriteError after `max_retries` failed retries, or at once on an
+        error that a retry cannot fix. Records the database refuses on their
+        own (bad data) are isolated by splitting the batch, logged, dropped,
+        and counted in `rejected`, so one bad tick does not stop ingestion.
+        """
+        if not batch:
+            return WriteResult()
+        rows = [self._row(record) for record in batch]
+        try:
+            return await self._write_exactly_once(rows)
+        except WriteError as exc:
+            if exc.__cause__ is None or not _is_bad_data(exc.__cause__):
+                raise
+            if len(batch) == 1:
+                log.error(
+                    "%s: record rejected by %s and dropped: %s (%s)",
+                    self.table,
+                    self.database,
+                    batch[0],
+                    exc.__cause__,
+                )
+                return WriteResult(rows=1, rejected=1)
+        middle = len(batch) // 2
+        result = await self.write(batch[:middle])
+        result.add(await self.write(batch[middle:]))
+        return result
+
+    async def _write_exactly_once(self, rows: list[tuple[object, ...]]) -> WriteResult:
+        batch_id = uuid.uuid4()
+        result = WriteResult(rows=len(rows), batches=1)
+        attempt = 0
+        while True:
+            try:
+                recorded = await self._attempt(batch_id, rows, check_first=attempt > 0)
+            except Exception as exc:
+                if (
+                    isinstance(exc, asyncpg.exceptions.UniqueViolationError)
+                    and exc.constraint_name == _BATCH_LOG_PKEY
+                ):
+                    # An earlier attempt's transaction committed while this one
+                    # waited on its batch id: the next check will find it.
+                    attempt += 1
+                    continue
+                if _is_bad_data(exc):
+                    raise WriteError(
+                        f"{self.table}: batch refused by {self.database}: {exc}"
+                    ) from exc
+                if not _retryable(exc):
+                    raise WriteError(
+                        f"{self.table}: batch of {len(rows)} failed on {self.database}: {exc!r}"
+                    ) from exc
+                if attempt >= self.max_retries:
+                    raise WriteError(
+                        f"{self.table}: batch {batch_id} of {len(rows)} rows not written to "
+                        f"{self.database} after {attempt + 1} attempts (connection lost: "
+                        f"{exc!r}); check the server, then restart the collector"
+                    ) from exc
+                delay = min(self.max_retry_delay, self.retry_delay * 2**attempt)
+                delay *= random.uniform(0.5, 1.0)  # spread the reconnects of many engines
+                attempt += 1
+                result.retries = attempt
+                log.warning(
+                    "%s: connection to %s lost during batch %s (%r); retry %d/%d in %.2fs",
+                    self.table,
+                    self.database,
+                    batch_id,
+                    exc,
+                    attempt,
+                    self.max_retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            inserted, already = recorded
+            result.inserted = inserted
+            if already:
+                result.recovered = 1
+                log.info(
+                    "%s: batch %s was committed before the connection to %s was lost; "
+                    "not resending",
+                    self.table,
+                    batch_id,
+                    self.database,
+                )
+            return result
+
+    async def _attempt(
+        self, batch_id: uuid.UUID, rows: list[tuple[object, ...]], *, check_first: bool
+    ) -> tuple[int, bool]:
+        """One try on one connection: (rows inserted, whether it was already committed)."""
+        async with self._connections.lease() as conn:
+            if check_first:
+                done = await conn.fetchval(_BATCH_RECORDED, batch_id, timeout=self.timeout)
+                if done is not None:
+                    return int(done), True
+            return await self._send(conn, batch_id, rows), False
+
+    async def _send(
+        self, conn: asyncpg.Connection, batch_id: uuid.UUID, rows: list[tuple[object, ...]]
+    ) -> int:
+        async with conn.transaction():
+            inserted = await self._insert(conn, rows)
+            await conn.execute(_RECORD_BATCH, batch_id, self.table, inserted, timeout=self.timeout)
+        return inserted
+
+    def _row(self, record: R) -> tuple[object, ...]:
+        raise NotImplementedError
+
+    async def _insert(self, conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> int:
+        raise NotImplementedError
+
+
+class BookTickerWriter(_Writer[BookTicker]):
+    """Writes book tickers into `book_ticker_snapshots` by COPY, exactly once per batch."""
+
+    table = "book_ticker_snapshots"
+
+    def _row(self, record: BookTicker) -> tuple[object, ...]:
+        return (
+            record.timestamp,
+            record.exchange,
+            record.symbol_base,
+            record.symbol_quote,
+            record.bid_price,
+            record.bid_qty,
+            record.ask_price,
+            record.ask_qty,
+        )
+
+    async def _insert(self, conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> int:
+        await conn.copy_records_to_table(
+            self.table, records=rows, columns=_BOOK_TICKER_COLUMNS, timeout=self.timeout
+        )
+        return len(rows)
+
+
+class TradeWriter(_Writer[Trade]):
+    """Writes trades into `trades`, dropping ones already stored (same trade id)."""
+
+    table = "trades"
+
+    def _row(self, record: Trade) -> tuple[object, ...]:
+        return (
+            record.timestamp,
+            record.exchange,
+            record.stored_symbol,
+            record.symbol_base,
+            record.symbol_quote,
+            record.price,
+            record.quantity,
+            record.side,
+            record.trade_id,
+            record.quote_quantity,
+            record.is_buyer,
+            record.is_maker,
+        )
+
+    async def _insert(self, conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> int:
+        await conn.execute(_CREATE_TRADE_STAGE, timeout=self.timeout)
+        await conn.copy_records_to_table(
+            _TRADE_STAGE, records=rows, columns=_TRADE_COLUMNS, timeout=self.timeout
+        )
+        status = await conn.execute(_MOVE_TRADES, timeout=self.timeout)
+        return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <n>"
