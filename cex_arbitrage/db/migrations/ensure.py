@@ -105,8 +105,11 @@ class BackgroundWork:
 
     async def wait(self) -> None:
         """Until the work ends; re-raise what stopped it."""
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await asyncio.shield(self.task)
+        except asyncio.CancelledError:
+            if not self.task.cancelled():
+                raise  # the caller was cancelled, not the work: propagate
         if self.error is not None:
             raise self.error
 
