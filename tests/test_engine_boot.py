@@ -22,7 +22,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from cex_arbitrage.collectors import WriteError
 from cex_arbitrage.config import AppConfig, load_config
 from cex_arbitrage.db.migrations import DirectorySource, PackageSource
 from cex_arbitrage.db.migrations.errors import ChecksumMismatchError, MigrationError
@@ -145,13 +144,6 @@ async def test_trade_flag_off_skips_trade_migrations_and_collector_then_on_appli
         assert await wait_until(conn, "SELECT count(*) FROM trades", 1) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=WriteError,
-    reason="book_ticker_snapshots is created only by 001, which belongs to feature "
-    "trade_collection: on an empty database with the flag off the book-ticker collector "
-    "has no table (schema gap, not a writer bug)",
-)
 async def test_book_tickers_are_collected_with_the_trade_flag_off(
     db: DatabaseConfig, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
