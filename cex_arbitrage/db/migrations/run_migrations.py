@@ -78,6 +78,30 @@ class Activity:
     started: float = dataclasses.field(default_factory=time.monotonic)
 
 
+async def start_executor(
+    conn: asyncpg.Connection,
+    db_config: DatabaseConfig,
+    settings: MigrationSettings,
+    say: Callable[[str], None],
+    program: str,
+    verbose: bool,
+) -> Executor:
+    """An executor on `conn` with the session prepared (timeouts, cex.* settings, NOTICEs)."""
+    executor = Executor(
+        conn,
+        database=db_config.display,
+        settings=settings,
+        lock_timeout_ms=db_config.lock_timeout_ms,
+        statement_timeout_ms=db_config.statement_timeout_ms,
+        lock_retries=db_config.lock_retries,
+        applied_from=applied_from(program),
+        say=say,
+        verbose=verbose,
+    )
+    await executor.prepare()
+    return executor
+
+
 async def apply_plan(
     conn: asyncpg.Connection,
     *,
@@ -107,18 +131,7 @@ async def apply_plan(
             result.warnings.extend(pre.warnings)
             for warning in pre.warnings:
                 say(f"warning: {warning}")
-        executor = Executor(
-            conn,
-            database=database,
-            settings=settings,
-            lock_timeout_ms=db_config.lock_timeout_ms,
-            statement_timeout_ms=db_config.statement_timeout_ms,
-            lock_retries=db_config.lock_retries,
-            applied_from=applied_from(program),
-            say=say,
-            verbose=verbose,
-        )
-        await executor.prepare()
+        executor = await start_executor(conn, db_config, settings, say, program, verbose)
         try:
             for pm in plan.foreground:
                 m = pm.migration
@@ -180,18 +193,7 @@ async def run_background_steps(
         plan = make_plan(migrations, state.history, features, database)
         if not plan.background:
             return done
-        executor = Executor(
-            conn,
-            database=database,
-            settings=settings,
-            lock_timeout_ms=db_config.lock_timeout_ms,
-            statement_timeout_ms=db_config.statement_timeout_ms,
-            lock_retries=db_config.lock_retries,
-            applied_from=applied_from(program),
-            say=say,
-            verbose=verbose,
-        )
-        await executor.prepare()
+        executor = await start_executor(conn, db_config, settings, say, program, verbose)
         try:
             for pm in plan.background:
                 m = pm.migration
