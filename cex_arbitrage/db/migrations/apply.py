@@ -122,6 +122,32 @@ class Executor:
         severity = getattr(message, "severity", "NOTICE")
         self.say(f"{self.database}: {self.current}: {severity}: {message.message}")
 
+    def _record(
+        self,
+        m: Migration,
+        *,
+        state: str,
+        steps_done: int,
+        statements_done: int,
+        execution_ms_sql: str = "NULL",
+        step_name: str | None = None,
+        step_ms_sql: str | None = None,
+    ) -> str:
+        """The history upsert for `m`, sent with the SQL it records."""
+        return hist.record_statement(
+            version=m.version,
+            name=m.name,
+            feature=m.feature,
+            checksum=m.checksum,
+            state=state,
+            steps_done=steps_done,
+            statements_done=statements_done,
+            applied_from=self.applied_from,
+            execution_ms_sql=execution_ms_sql,
+            step_name=step_name,
+            step_ms_sql=step_ms_sql,
+        )
+
     # ---- foreground --------------------------------------------------------
 
     async def run_foreground(self, pm: PlannedMigration) -> int:
@@ -144,15 +170,11 @@ class Executor:
     async def _single_transaction(self, m: Migration) -> None:
         final = "background" if m.background_steps else "applied"
         body = "\n;\n".join(step.sql for step in m.foreground_steps)
-        record = hist.record_statement(
-            version=m.version,
-            name=m.name,
-            feature=m.feature,
-            checksum=m.checksum,
+        record = self._record(
+            m,
             state=final,
             steps_done=len(m.foreground_steps),
             statements_done=0,
-            applied_from=self.applied_from,
             execution_ms_sql=_ELAPSED_MS,
             step_name="all",
             step_ms_sql=_ELAPSED_MS,
@@ -170,15 +192,11 @@ class Executor:
         indices = range(n_fg, len(order)) if background else range(n_fg)
         if not background:
             await self._execute(
-                hist.record_statement(
-                    version=m.version,
-                    name=m.name,
-                    feature=m.feature,
-                    checksum=m.checksum,
+                self._record(
+                    m,
                     state="running",
                     steps_done=pm.start_step,
                     statements_done=pm.start_statement,
-                    applied_from=self.applied_from,
                 ),
                 m,
                 None,
@@ -202,15 +220,11 @@ class Executor:
                 self.say(f"{self.database}: {m.label}: step {step.name} starts")
             prior_ms = int((step_started - started) * 1000)
             if step.transactional:
-                record = hist.record_statement(
-                    version=m.version,
-                    name=m.name,
-                    feature=m.feature,
-                    checksum=m.checksum,
+                record = self._record(
+                    m,
                     state=final,
                     steps_done=index + 1,
                     statements_done=0,
-                    applied_from=self.applied_from,
                     execution_ms_sql="NULL" if background else f"{prior_ms} + {_ELAPSED_MS}",
                     step_name=step.name,
                     step_ms_sql=_ELAPSED_MS,
@@ -224,15 +238,11 @@ class Executor:
                 await self._autocommit_step(m, index, step, first, background)
                 step_ms = int((time.monotonic() - step_started) * 1000)
                 await self._execute(
-                    hist.record_statement(
-                        version=m.version,
-                        name=m.name,
-                        feature=m.feature,
-                        checksum=m.checksum,
+                    self._record(
+                        m,
                         state=final,
                         steps_done=index + 1,
                         statements_done=0,
-                        applied_from=self.applied_from,
                         execution_ms_sql="NULL" if background else str(prior_ms + step_ms),
                         step_name=step.name,
                         step_ms_sql=str(step_ms),
