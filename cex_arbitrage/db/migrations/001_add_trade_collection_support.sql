@@ -346,6 +346,8 @@ DECLARE
     unsplittable integer;
     archived integer;
     archived_later integer;
+    violating bigint[];
+    survivor record;
     attempt integer;
 BEGIN
     IF batch_size < 1 THEN
@@ -390,6 +392,12 @@ BEGIN
             SET done = true, position = coalesce(boundary::text, position), updated_at = now()
             WHERE version = '001' AND task = 'backfill_symbols';
             COMMIT;
+            IF coalesce((progress.detail ->> 'rows_violating_constraints')::bigint, 0) > 0 THEN
+                RAISE WARNING 'migration 001: % rows break a constraint of trades (see the WARNING of '
+                              'validate_constraints) and were left unsplit, ids (first 100): %; fix them, '
+                              'then set their symbol_base/symbol_quote from cex_split_symbol(symbol)',
+                              progress.detail ->> 'rows_violating_constraints', progress.detail -> 'violating_ids';
+            END IF;
             IF (progress.detail ->> 'unsplittable_rows')::bigint > 0 THEN
                 RAISE NOTICE 'migration 001: % rows have a symbol no rule splits; they are kept as they '
                              'were, with NULL symbol_base/symbol_quote: %',
@@ -459,12 +467,31 @@ BEGIN
                     GET DIAGNOSTICS archived_later = ROW_COUNT;
                 END IF;
 
-                UPDATE trades t
-                SET symbol_base = b.parts[1], symbol_quote = b.parts[2]
-                FROM cex_backfill_batch b
-                WHERE t.id = b.id AND t."timestamp" = b.ts AND t.id > pos AND t.id <= hi
-                  AND b.parts IS NOT NULL AND (b.keep_id IS NULL OR b.keep_id = b.id)
-                  AND t.symbol_base IS NULL;
+                violating := '{}';
+                BEGIN
+                    UPDATE trades t
+                    SET symbol_base = b.parts[1], symbol_quote = b.parts[2]
+                    FROM cex_backfill_batch b
+                    WHERE t.id = b.id AND t."timestamp" = b.ts AND t.id > pos AND t.id <= hi
+                      AND b.parts IS NOT NULL AND (b.keep_id IS NULL OR b.keep_id = b.id)
+                      AND t.symbol_base IS NULL;
+                EXCEPTION WHEN check_violation THEN
+                    -- An old row breaks a constraint the foreground part added NOT
+                    -- VALID (say side 'BUY'), and PostgreSQL checks those on UPDATE.
+                    -- Split this batch row by row; such rows stay as they were.
+                    FOR survivor IN
+                        SELECT b.id, b.ts, b.parts FROM cex_backfill_batch b
+                        WHERE b.parts IS NOT NULL AND (b.keep_id IS NULL OR b.keep_id = b.id)
+                    LOOP
+                        BEGIN
+                            UPDATE trades
+                            SET symbol_base = survivor.parts[1], symbol_quote = survivor.parts[2]
+                            WHERE id = survivor.id AND "timestamp" = survivor.ts AND symbol_base IS NULL;
+                        EXCEPTION WHEN check_violation THEN
+                            violating := violating || survivor.id;
+                        END;
+                    END LOOP;
+                END;
 
                 SELECT count(*) INTO unsplittable FROM cex_backfill_batch WHERE parts IS NULL;
                 UPDATE migration_progress p
@@ -472,8 +499,19 @@ BEGIN
                     rows_done = p.rows_done + examined,
                     updated_at = now(),
                     detail = p.detail || jsonb_build_object(
-                        'rows_split', (p.detail ->> 'rows_split')::bigint + examined - unsplittable - archived,
+                        'rows_split', (p.detail ->> 'rows_split')::bigint
+                                      + examined - unsplittable - archived - cardinality(violating),
                         'unsplittable_rows', (p.detail ->> 'unsplittable_rows')::bigint + unsplittable,
+                        -- rows left unsplit because they break a trades constraint
+                        'rows_violating_constraints',
+                            coalesce((p.detail ->> 'rows_violating_constraints')::bigint, 0)
+                            + cardinality(violating),
+                        'violating_ids', (
+                            SELECT to_jsonb(coalesce(array_agg(v ORDER BY v), '{}'))
+                            FROM (SELECT v FROM (SELECT jsonb_array_elements_text(
+                                                     coalesce(p.detail -> 'violating_ids', '[]'))::bigint
+                                                 UNION ALL SELECT unnest(violating)) AS x(v)
+                                  ORDER BY v LIMIT 100) AS first_ids),
                         'duplicates_archived',
                             (p.detail ->> 'duplicates_archived')::bigint + archived + archived_later,
                         -- the 100 most frequent unsplittable symbols with their row counts
