@@ -527,13 +527,13 @@ async def timescale_summary(conn: asyncpg.Connection) -> dict[str, object]:
         "timescaledb_information.dimensions WHERE hypertable_schema = 'public' ORDER BY 1, 2"
     )
     caggs = await conn.fetch(
-        "SELECT view_name, materialized_only, finalized FROM "
+        "SELECT view_name, materialized_only FROM "
         "timescaledb_information.continuous_aggregates ORDER BY 1"
     )
     jobs = await conn.fetch(
         "SELECT proc_name, hypertable_name IS NOT NULL AS on_table, schedule_interval::text, "
         "config - 'mat_hypertable_id' AS config FROM timescaledb_information.jobs "
-        "WHERE proc_name LIKE 'policy_%' ORDER BY 1, 3"
+        "WHERE hypertable_name IS NOT NULL ORDER BY 1, 3"
     )
     return {
         "hypertables": [tuple(r) for r in hypertables],
