@@ -510,6 +510,33 @@ async def test_fixed_non_transactional_step_resumes_without_replaying_what_succe
     assert any("file changed since the failed attempt" in line for line in said)
 
 
+SESSION_STEP = """CREATE SCHEMA side;
+CREATE TABLE gate (ok boolean);
+INSERT INTO gate VALUES ({ok});
+-- migrate:step placed transaction:false
+-- migrate:session
+SET search_path TO side, public;
+SELECT 1 / (SELECT CASE WHEN ok THEN 1 ELSE 0 END FROM public.gate);
+CREATE TABLE placed (v int);
+"""
+
+
+async def test_session_statements_are_replayed_when_a_step_resumes(
+    db: DatabaseConfig, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    d = write_migrations(tmp_path / "m", {"001_session.sql": SESSION_STEP.format(ok="false")})
+    with pytest.raises(MigrationFailedError):
+        await make_runner(db, d).migrate()
+    assert (await history(conn))["001"]["statements_done"] == 1
+    await conn.execute("UPDATE gate SET ok = true")
+    said: list[str] = []
+    await make_runner(db, d, said).migrate()
+    # The SET ran again on the new connection, so the table landed in `side`.
+    assert await conn.fetchval("SELECT to_regclass('side.placed') IS NOT NULL")
+    assert await conn.fetchval("SELECT to_regclass('public.placed') IS NULL")
+    assert any("re-running session statement 1" in line for line in said)
+
+
 async def test_failed_transactional_step_after_a_non_transactional_one_resumes_at_it(
     db: DatabaseConfig, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:

@@ -439,3 +439,17 @@ def test_shipped_migrations_parse() -> None:
     assert migrations[0].version == "000"
     versions = [m.version for m in migrations]
     assert versions == sorted(versions, key=int)
+
+
+def test_session_directive_marks_the_next_statement_of_a_non_transactional_step() -> None:
+    m = parse_migration(
+        "001_s.sql",
+        "-- migrate:step s transaction:false\nSELECT 1;\n-- migrate:session\n"
+        "SET search_path TO x;\nSELECT 2;\n",
+    )
+    assert m.steps[0].session_statements == frozenset({1})
+
+
+def test_session_directive_in_a_transactional_step_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"001_s.sql:2: migrate:session only belongs"):
+        parse_migration("001_s.sql", "SELECT 1;\n-- migrate:session\nSET x.y = 1;\n")

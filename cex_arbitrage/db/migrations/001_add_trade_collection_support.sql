@@ -638,6 +638,7 @@ $$;
 -- index without blocking writes.
 CALL cex_create_hypertable_index('trades', 'uq_trades_dedup', true,
     '(exchange, symbol_base, symbol_quote, trade_id, "timestamp") WHERE trade_id IS NOT NULL');
+-- migrate:session
 DO $$
 BEGIN
     IF cex_is_hypertable('trades') THEN
@@ -868,6 +869,7 @@ CALL cex_create_hypertable_index('trades', 'idx_trades_pair_time', false,
     '(symbol_base, symbol_quote, "timestamp" DESC)');
 CALL cex_create_hypertable_index('trades', 'idx_trades_exchange_time', false,
     '(exchange, "timestamp" DESC)');
+-- migrate:session
 DO $$
 BEGIN
     IF cex_is_hypertable('trades') THEN

@@ -258,6 +258,13 @@ class Executor:
         self, m: Migration, index: int, step: Step, first: int, background: bool
     ) -> None:
         statements = step.statements
+        for j in sorted(i for i in step.session_statements if i < first):
+            # Resuming on a new connection: re-establish the step's session state.
+            self.say(
+                f"{self.database}: {m.label}: step {step.name}: re-running session statement "
+                f"{j + 1} before resuming at statement {first + 1}"
+            )
+            await self._statement_with_retry(m, step, statements[j], background)
         for j in range(first, len(statements)):
             statement = statements[j]
             index_name = concurrent_index_name(statement)

@@ -43,6 +43,10 @@ class Step:
     transactional: bool
     background: bool
     line: int
+    # Indexes (in `statements`) of statements that set up session state (a
+    # SET, a temp table): replayed first when a run resumes mid-step on a new
+    # connection, because that state died with the old one.
+    session_statements: frozenset[int] = frozenset()
 
     @property
     def statements(self) -> list[str]:
@@ -105,6 +109,7 @@ def parse_migration(filename: str, text: str) -> Migration:
     current_name, current_tx, current_bg, current_line = "main", True, False, 1
     buffer: list[str] = []
     buffer_line = 1  # the line the buffered SQL starts at
+    session: set[int] = set()
     seen_sql = False
     psql_only = False
 
@@ -112,7 +117,11 @@ def parse_migration(filename: str, text: str) -> Migration:
         sql = "".join(buffer)
         _refuse_transaction_control(filename, sql, buffer_line)
         if split_statements(sql):
-            steps.append(Step(current_name, sql, current_tx, current_bg, current_line))
+            steps.append(
+                Step(
+                    current_name, sql, current_tx, current_bg, current_line, frozenset(session)
+                )
+            )
         elif current_name != "main":
             raise ValidationError(
                 f"{filename}:{current_line}: step {current_name!r} contains no SQL statement"
@@ -124,7 +133,7 @@ def parse_migration(filename: str, text: str) -> Migration:
             raise ValidationError(
                 f"{filename}:{lineno}: malformed directive {line.strip()!r}; write "
                 "`-- migrate:KEY VALUE` with a lower-case key: "
-                f"{', '.join((*_HEADER_KEYS, 'step', 'psql-only'))}"
+                f"{', '.join((*_HEADER_KEYS, 'step', 'session', 'psql-only'))}"
             )
         if directive is None:
             if not psql_only:
@@ -146,9 +155,19 @@ def parse_migration(filename: str, text: str) -> Migration:
             if not value:
                 raise ValidationError(f"{where}: migrate:{key} needs a value")
             header[key] = value
+        elif key == "session":
+            if current_tx:
+                raise ValidationError(
+                    f"{where}: migrate:session only belongs in a transaction:false step (a "
+                    "transactional step is always run whole, on one connection)"
+                )
+            if value:
+                raise ValidationError(f"{where}: migrate:session takes no value")
+            session.add(len(split_statements("".join(buffer))))
         elif key == "step":
             close_step()
             buffer, buffer_line = [], lineno + 1
+            session = set()
             parts = value.split()
             if not parts or not _STEP_NAME_RE.match(parts[0]):
                 raise ValidationError(
@@ -175,7 +194,7 @@ def parse_migration(filename: str, text: str) -> Migration:
         else:
             raise ValidationError(
                 f"{where}: unknown directive migrate:{key}; known: "
-                f"{', '.join((*_HEADER_KEYS, 'step', 'psql-only'))}"
+                f"{', '.join((*_HEADER_KEYS, 'step', 'session', 'psql-only'))}"
             )
     if not psql_only:
         close_step()
