@@ -118,9 +118,7 @@ def parse_migration(filename: str, text: str) -> Migration:
         _refuse_transaction_control(filename, sql, buffer_line)
         if split_statements(sql):
             steps.append(
-                Step(
-                    current_name, sql, current_tx, current_bg, current_line, frozenset(session)
-                )
+                Step(current_name, sql, current_tx, current_bg, current_line, frozenset(session))
             )
         elif current_name != "main":
             raise ValidationError(
