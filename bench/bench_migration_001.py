@@ -29,6 +29,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -80,10 +81,6 @@ SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::numeric[], $
                      $6::text[], $7::text[])
 """
 _LEGACY_COLUMNS = ("timestamp", "exchange", "symbol", "price", "quantity", "side", "trade_id")
-
-
-def quiet(_message: str) -> None:
-    """Benchmarks measure work, not printing."""
 
 
 def log(message: str) -> None:
@@ -162,6 +159,24 @@ class Sample:
     at: float  # seconds since the writer started
     latency: float  # seconds
     phase: str
+    step: str  # the migration step running when the batch started
+
+
+class StepTracker:
+    """Which step of which migration runs now, from the runner's verbose lines."""
+
+    _STARTS = re.compile(r": (\d{3})_\w+: step (\w+) starts$")
+
+    def __init__(self, echo: bool) -> None:
+        self.step = "-"
+        self.echo = echo
+
+    def say(self, message: str) -> None:
+        match = self._STARTS.search(message)
+        if match:
+            self.step = f"{match[1]} {match[2]}"
+        if self.echo:
+            log(message)
 
 
 class LiveWriter:
@@ -172,8 +187,9 @@ class LiveWriter:
     foreground part), after it.
     """
 
-    def __init__(self, db: DatabaseConfig, rate: int) -> None:
+    def __init__(self, db: DatabaseConfig, rate: int, steps: StepTracker) -> None:
         self.db = db
+        self.steps = steps
         self.interval = WRITER_BATCH / rate
         self.phase = "idle"
         self.samples: list[Sample] = []
@@ -209,10 +225,11 @@ class LiveWriter:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 batch = self._batch(n)
+                step = self.steps.step
                 t0 = time.perf_counter()
                 await conn.execute(_LEGACY_INSERT, *batch)
                 t1 = time.perf_counter()
-                self.samples.append(Sample(t0 - started, t1 - t0, self.phase))
+                self.samples.append(Sample(t0 - started, t1 - t0, self.phase, step))
                 self.rows += WRITER_BATCH
                 n += 1
         finally:
@@ -324,7 +341,8 @@ async def run(args: argparse.Namespace) -> None:
 
         conn = await connect(legacy)
         await conn.execute("CHECKPOINT")
-        writer = LiveWriter(legacy, args.rate)
+        steps = StepTracker(echo=args.verbose)
+        writer = LiveWriter(legacy, args.rate, steps)
         writing = asyncio.create_task(writer.run())
         try:
             writer.phase = "before"
@@ -336,7 +354,7 @@ async def run(args: argparse.Namespace) -> None:
             )
             started = time.perf_counter()
             result = await MigrationRunner(
-                legacy, settings=settings, say=log if args.verbose else quiet
+                legacy, settings=settings, say=steps.say, verbose=True
             ).migrate()
             total_s = time.perf_counter() - started
             writer.phase = "after"
@@ -370,7 +388,18 @@ async def run(args: argparse.Namespace) -> None:
                 f"max {mx:7.1f} ms  >{SLOW_MS:.0f} ms: {len(slow)}"
             )
             for s in slow[:10]:
-                print(f"      slow batch at {s.at:7.1f}s: {s.latency * 1000:.0f} ms")
+                print(
+                    f"      slow batch at {s.at:7.1f}s: {s.latency * 1000:.0f} ms "
+                    f"(during step {s.step})"
+                )
+        by_step: dict[str, list[float]] = {}
+        for sample in writer.samples:
+            if sample.phase == "during":
+                by_step.setdefault(sample.step, []).append(sample.latency * 1000)
+        print(
+            "  writer max latency per migration step (ms): "
+            + ", ".join(f"{k} {max(v):.0f}" for k, v in by_step.items())
+        )
         steps = json.loads(history["step_timings"]) if history else {}
         fg = history["execution_ms"] if history else None
         bg = history["background_ms"] if history else None

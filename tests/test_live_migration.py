@@ -158,15 +158,22 @@ async def legacy_facts(conn: asyncpg.Connection) -> LegacyFacts:
     small_max = max(SMALL.by_id)
     assert {k: v for k, v in removed.items() if k <= small_max} == SMALL.expected_removed()
     assert len(removed) > rows // 200, "the legacy data should hold replayed duplicates"
-    # Trades the writer will replay: late ids (split by the last batches), kept ones.
+    # Trades the writer will replay: late ids (split by the last batches), ones that
+    # stay and have no replay of their own (the table ends with the appended replays).
     candidates = await conn.fetch(
         "SELECT id, timestamp, exchange, symbol, price, quantity, side, trade_id FROM trades "
-        "WHERE trade_id IS NOT NULL ORDER BY id DESC LIMIT 2000"
+        "WHERE trade_id IS NOT NULL ORDER BY id DESC LIMIT $1",
+        len(removed) + 5_000,
     )
+    keeps = set(removed.values())
     replays = [
-        r for r in candidates if r["id"] not in removed and reference_split(r["symbol"]) is not None
-    ]
-    replays = [r for r in replays if r["id"] not in set(removed.values())][:REPLAYED_BY_WRITER]
+        r
+        for r in candidates
+        if r["id"] not in removed
+        and r["id"] not in keeps
+        and reference_split(r["symbol"]) is not None
+    ][:REPLAYED_BY_WRITER]
+    assert len(replays) == REPLAYED_BY_WRITER
     return LegacyFacts(
         rows=int(rows),
         max_id=int(max_id),
@@ -536,6 +543,10 @@ async def boot_while_writing(
             [r["id"] for r in facts.replays],
         )
         assert archived_replays == replay_inserted
+        print(
+            f"{replay_inserted} of {len(replays)} replayed legacy trades were inserted before the "
+            "backfill reached their originals, and archived by it; the rest were dropped on insert"
+        )
 
         # The same schema as a fresh database migrated the same way.
         fresh_report = await ensure_schema(fresh, settings=settings, say=quiet)
