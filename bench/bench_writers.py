@@ -23,7 +23,7 @@ import asyncpg
 
 from bench._common import admin_config, create_database, drop_database
 from cex_arbitrage.collectors import BookTicker, BookTickerWriter, Trade, TradeWriter
-from cex_arbitrage.collectors.writers import ConnectFactory
+from cex_arbitrage.collectors.writers import BOOK_TICKER_COLUMNS, TRADE_COLUMNS, ConnectFactory
 from cex_arbitrage.db.migrations import ensure_schema
 from cex_arbitrage.db.structs import DatabaseConfig
 
@@ -31,37 +31,13 @@ T0 = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
 PAIRS = [("BTC", "USDT"), ("ETH", "USDT"), ("SOL", "USDT"), ("XRP", "USDT"), ("ETH", "BTC")]
 EXCHANGES = ["MEXC", "GATEIO"]
 
-_BOOK_COLUMNS = (
-    "timestamp",
-    "exchange",
-    "symbol_base",
-    "symbol_quote",
-    "bid_price",
-    "bid_qty",
-    "ask_price",
-    "ask_qty",
-)
-_TRADE_COLUMNS = (
-    "timestamp",
-    "exchange",
-    "symbol",
-    "symbol_base",
-    "symbol_quote",
-    "price",
-    "quantity",
-    "side",
-    "trade_id",
-    "quote_quantity",
-    "is_buyer",
-    "is_maker",
-)
 # Same column types as the migrated tables, no index, no key: the floor.
 _FLOOR_TABLES = (
     "CREATE TABLE floor_book_tickers AS SELECT {} FROM book_ticker_snapshots WITH NO DATA".format(
-        ", ".join(f'"{c}"' for c in _BOOK_COLUMNS)
+        ", ".join(f'"{c}"' for c in BOOK_TICKER_COLUMNS)
     ),
     "CREATE TABLE floor_trades AS SELECT {} FROM trades WITH NO DATA".format(
-        ", ".join(f'"{c}"' for c in _TRADE_COLUMNS)
+        ", ".join(f'"{c}"' for c in TRADE_COLUMNS)
     ),
     # For information: the same COPY into copies of the migrated tables with all
     # their indexes and constraints, to split the cost between the schema's
@@ -174,25 +150,27 @@ async def measure(db: DatabaseConfig, rows: int, rounds: int, size: int) -> dict
         for round_ in range(-1, rounds):
             books = book_tickers(rows, round_ + 1)
             fresh = trades(rows, round_ + 1)
-            book_rows = [tuple(getattr(b, c) for c in _BOOK_COLUMNS) for b in books]
+            book_rows = [tuple(getattr(b, c) for c in BOOK_TICKER_COLUMNS) for b in books]
             trade_rows = [
-                tuple(t.stored_symbol if c == "symbol" else getattr(t, c) for c in _TRADE_COLUMNS)
+                tuple(t.stored_symbol if c == "symbol" else getattr(t, c) for c in TRADE_COLUMNS)
                 for t in fresh
             ]
 
             samples = {
                 "book floor": await rate(
-                    copy_floor(conn, "floor_book_tickers", book_rows, _BOOK_COLUMNS, size), rows
+                    copy_floor(conn, "floor_book_tickers", book_rows, BOOK_TICKER_COLUMNS, size),
+                    rows,
                 ),
                 "book indexed": await rate(
-                    copy_floor(conn, "indexed_book_tickers", book_rows, _BOOK_COLUMNS, size), rows
+                    copy_floor(conn, "indexed_book_tickers", book_rows, BOOK_TICKER_COLUMNS, size),
+                    rows,
                 ),
                 "book writer": await rate(write_all(book_writer, books, size), rows),
                 "trade floor": await rate(
-                    copy_floor(conn, "floor_trades", trade_rows, _TRADE_COLUMNS, size), rows
+                    copy_floor(conn, "floor_trades", trade_rows, TRADE_COLUMNS, size), rows
                 ),
                 "trade indexed": await rate(
-                    copy_floor(conn, "indexed_trades", trade_rows, _TRADE_COLUMNS, size), rows
+                    copy_floor(conn, "indexed_trades", trade_rows, TRADE_COLUMNS, size), rows
                 ),
                 "trade writer": await rate(write_all(trade_writer, fresh, size), rows),
                 # A reconnect storm: the same trades replayed, every one dropped.

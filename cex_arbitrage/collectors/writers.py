@@ -54,7 +54,7 @@ _BATCH_RECORDED = "SELECT rows FROM ingest_batch_log WHERE batch_id = $1"
 _RECORD_BATCH = "INSERT INTO ingest_batch_log (batch_id, table_name, rows) VALUES ($1, $2, $3)"
 _BATCH_LOG_PKEY = "ingest_batch_log_pkey"
 
-_BOOK_TICKER_COLUMNS = (
+BOOK_TICKER_COLUMNS = (
     "timestamp",
     "exchange",
     "symbol_base",
@@ -65,7 +65,7 @@ _BOOK_TICKER_COLUMNS = (
     "ask_qty",
 )
 
-_TRADE_COLUMNS = (
+TRADE_COLUMNS = (
     "timestamp",
     "exchange",
     "symbol",
@@ -79,7 +79,7 @@ _TRADE_COLUMNS = (
     "is_buyer",
     "is_maker",
 )
-_TRADE_LIST = ", ".join(f'"{column}"' for column in _TRADE_COLUMNS)
+_TRADE_LIST = ", ".join(f'"{column}"' for column in TRADE_COLUMNS)
 _TRADE_STAGE = "cex_stage_trades"
 # The staging table takes its column types from `trades` itself, so it follows
 # the migrated schema. ON COMMIT DELETE ROWS empties it at each commit; it is
@@ -392,7 +392,7 @@ class BookTickerWriter(_Writer[BookTicker]):
 
     async def _insert(self, conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> int:
         await conn.copy_records_to_table(
-            self.table, records=rows, columns=_BOOK_TICKER_COLUMNS, timeout=self.timeout
+            self.table, records=rows, columns=BOOK_TICKER_COLUMNS, timeout=self.timeout
         )
         return len(rows)
 
@@ -421,7 +421,7 @@ class TradeWriter(_Writer[Trade]):
     async def _insert(self, conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> int:
         await conn.execute(_CREATE_TRADE_STAGE, timeout=self.timeout)
         await conn.copy_records_to_table(
-            _TRADE_STAGE, records=rows, columns=_TRADE_COLUMNS, timeout=self.timeout
+            _TRADE_STAGE, records=rows, columns=TRADE_COLUMNS, timeout=self.timeout
         )
         status = await conn.execute(_MOVE_TRADES, timeout=self.timeout)
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <n>"
