@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import yaml
 
 from cex_arbitrage.db.migrations.errors import ConfigError
-from cex_arbitrage.db.structs import SSL_MODES, DatabaseConfig
+from cex_arbitrage.db.structs import DEFAULT_FEATURES, SSL_MODES, DatabaseConfig
 
 __all__ = [
     "CONFIG_ENV",
@@ -40,7 +40,6 @@ CONFIG_ENV = "CEX_CONFIG"
 """Environment variable naming the config file when --config is not given."""
 
 DEFAULT_CONFIG_NAME = "config.yaml"
-DEFAULT_FEATURES: Mapping[str, bool] = MappingProxyType({"trade_collection": True})
 
 # Variables whose presence means "the operator told us where the database is".
 _LOCATION_VARS = ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD")

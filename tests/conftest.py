@@ -94,10 +94,9 @@ def timescale_admin() -> DatabaseConfig:
     return database_from_url(dsn)
 
 
-@pytest.fixture
-async def ts_db(timescale_admin: DatabaseConfig) -> AsyncIterator[DatabaseConfig]:
-    """A fresh database with the timescaledb extension created."""
-    config = await create_database(timescale_admin, "cex_ts_test")
+async def timescale_database(admin: DatabaseConfig) -> AsyncIterator[DatabaseConfig]:
+    """A fresh database with the timescaledb extension created, dropped afterwards."""
+    config = await create_database(admin, "cex_ts_test")
     try:
         connection = await asyncpg.connect(**config.connect_kwargs())
         try:
@@ -106,7 +105,13 @@ async def ts_db(timescale_admin: DatabaseConfig) -> AsyncIterator[DatabaseConfig
             await connection.close()
         yield config
     finally:
-        await drop_database(timescale_admin, config)
+        await drop_database(admin, config)
+
+
+@pytest.fixture
+async def ts_db(timescale_admin: DatabaseConfig) -> AsyncIterator[DatabaseConfig]:
+    async for config in timescale_database(timescale_admin):
+        yield config
 
 
 def pg_env(config: DatabaseConfig, extra: Mapping[str, str] | None = None) -> dict[str, str]:

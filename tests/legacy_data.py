@@ -23,7 +23,7 @@ import random
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from pathlib import Path
 
@@ -31,6 +31,7 @@ import asyncpg
 
 from cex_arbitrage.db.migrations.script import Migration, parse_migration, split_statements
 from cex_arbitrage.db.structs import DatabaseConfig
+from tests.conftest import pg_env
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -359,21 +360,6 @@ async def server_major(config: DatabaseConfig) -> int:
         await conn.close()
 
 
-def _libpq_env(config: DatabaseConfig, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(
-        PGHOST=config.host,
-        PGPORT=str(config.port),
-        PGDATABASE=config.database,
-        PGUSER=config.user,
-    )
-    if config.password:
-        env["PGPASSWORD"] = config.password
-    if extra:
-        env.update(extra)
-    return env
-
-
 async def run_psql(
     config: DatabaseConfig,
     *,
@@ -393,7 +379,7 @@ async def run_psql(
         args += ["-f", str(file)]
     if sql is not None:
         args += ["-c", sql]
-    env = _libpq_env(config, extra)
+    env = pg_env(config, extra)
     if options:
         env["PGOPTIONS"] = options
     # Not subprocess.run: the event loop stays free for concurrent writers in the test.
@@ -477,7 +463,7 @@ async def schema_dump(config: DatabaseConfig, *, schemas: Sequence[str] = ("publ
     for schema in schemas:
         args += ["-n", schema]
     result = subprocess.run(
-        args, env=_libpq_env(config, extra), capture_output=True, text=True, timeout=300
+        args, env=pg_env(config, extra), capture_output=True, text=True, timeout=300
     )
     if result.returncode != 0:
         raise RuntimeError(f"pg_dump failed: {result.stderr}")

@@ -22,7 +22,13 @@ from cex_arbitrage.config import MigrationSettings
 from cex_arbitrage.db.migrations.run_migrations import MigrationRunner
 from cex_arbitrage.db.migrations.source import DirectorySource
 from cex_arbitrage.db.structs import DatabaseConfig
-from tests.conftest import create_database, drop_database, pg_env, run_cli_process
+from tests.conftest import (
+    create_database,
+    drop_database,
+    pg_env,
+    run_cli_process,
+    timescale_database,
+)
 from tests.legacy_data import (
     BACKGROUND_STEPS,
     FOREGROUND_STEPS,
@@ -72,16 +78,8 @@ async def second_db(admin_config: DatabaseConfig) -> AsyncIterator[DatabaseConfi
 
 @pytest.fixture
 async def second_ts_db(timescale_admin: DatabaseConfig) -> AsyncIterator[DatabaseConfig]:
-    config = await create_database(timescale_admin, "cex_ts_test")
-    try:
-        conn = await asyncpg.connect(**config.connect_kwargs())
-        try:
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-        finally:
-            await conn.close()
+    async for config in timescale_database(timescale_admin):
         yield config
-    finally:
-        await drop_database(timescale_admin, config)
 
 
 async def connect(config: DatabaseConfig) -> asyncpg.Connection:

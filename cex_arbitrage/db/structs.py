@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote
+
+# Features and whether they are on when config says nothing: one definition
+# for the config loader, the runner and ensure_schema.
+DEFAULT_FEATURES: Mapping[str, bool] = MappingProxyType({"trade_collection": True})
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 

@@ -14,6 +14,7 @@ got, so a re-run resumes at the first statement that did not finish.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -41,6 +42,15 @@ _INVALID_INDEX = """
 SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 WHERE c.relname = $1 AND NOT i.indisvalid AND pg_table_is_visible(c.oid)
 """
+
+
+@dataclasses.dataclass
+class Activity:
+    """What the executor is doing right now, for progress lines while it works."""
+
+    migration: str = "-"
+    step: str = "-"
+    started: float = dataclasses.field(default_factory=time.monotonic)
 
 
 def is_connection_lost(exc: BaseException) -> bool:
@@ -83,6 +93,7 @@ class Executor:
         applied_from: str,
         say: Callable[[str], None],
         verbose: bool = False,
+        activity: Activity | None = None,
     ) -> None:
         self.conn = conn
         self.database = database
@@ -94,8 +105,7 @@ class Executor:
         self.say = say
         self.verbose = verbose
         self.current: str = "-"
-        self.current_step: str = "-"
-        self.step_started = time.monotonic()
+        self.activity = activity or Activity()
 
     async def prepare(self) -> None:
         """Session settings for the whole run: lock/statement timeouts, cex.* values."""
@@ -155,6 +165,7 @@ class Executor:
         m = pm.migration
         self.current = m.label
         started = time.monotonic()
+        self.activity.migration, self.activity.started = m.label, started
         if pm.checksum_changed:
             self.say(
                 f"{self.database}: {m.label}: the file changed since the failed attempt; "
@@ -182,7 +193,7 @@ class Executor:
         message = (
             f"BEGIN;\nSET LOCAL standard_conforming_strings = on;\n{body}\n;\n{record}\nCOMMIT;"
         )
-        self.current_step = "all"
+        self.activity.step = "all"
         await self._transaction_with_retry(m, message, step=None, background=False)
 
     async def _stepwise(self, pm: PlannedMigration, *, background: bool, started: float) -> None:
@@ -213,8 +224,7 @@ class Executor:
                 final = (
                     ("background" if m.background_steps else "applied") if last_step else "running"
                 )
-            self.current_step = step.name
-            self.step_started = time.monotonic()
+            self.activity.step = step.name
             step_started = time.monotonic()
             if self.verbose:
                 self.say(f"{self.database}: {m.label}: step {step.name} starts")

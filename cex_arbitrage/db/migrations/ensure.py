@@ -18,20 +18,19 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 
+from cex_arbitrage.db.migrations.apply import Activity
 from cex_arbitrage.db.migrations.connect import connect
 from cex_arbitrage.db.migrations.errors import MigrationError, SchemaNotReadyError
 from cex_arbitrage.db.migrations.history import read_history_lean
 from cex_arbitrage.db.migrations.plan import Plan, make_plan
 from cex_arbitrage.db.migrations.run_migrations import (
-    DEFAULT_FEATURES,
-    Activity,
     apply_plan,
     cached_migrations,
     run_background_steps,
 )
 from cex_arbitrage.db.migrations.script import Migration
 from cex_arbitrage.db.migrations.source import MigrationSource
-from cex_arbitrage.db.structs import DatabaseConfig
+from cex_arbitrage.db.structs import DEFAULT_FEATURES, DatabaseConfig
 
 if TYPE_CHECKING:  # config imports the error types of this package
     from cex_arbitrage.config import MigrationSettings
@@ -233,7 +232,7 @@ async def _progress(
     while True:
         await asyncio.sleep(interval)
         say(
-            f"{database}: still migrating ({activity.migration}, "
+            f"{database}: still migrating ({activity.migration} step {activity.step}, "
             f"{time.monotonic() - activity.started:.0f}s)"
         )
 

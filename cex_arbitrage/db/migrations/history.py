@@ -1,8 +1,8 @@
 """Read and write migration_history, the single truth of what is applied.
 
-The boot check reads the server version and the whole history in ONE round
-trip; a database without the history table answers with UndefinedTableError,
-which costs the same single round trip.
+The boot check reads just the columns planning needs in ONE round trip; a
+database without the history table answers with UndefinedTableError, which
+costs the same single round trip.
 """
 
 from __future__ import annotations
@@ -15,25 +15,17 @@ from typing import Any
 import asyncpg
 
 _READ_STATE = """
-SELECT current_setting('server_version_num')::int AS server_version,
-       current_user AS current_user,
-       h.version, h.name, h.feature, h.checksum, h.state, h.applied_at, h.finished_at,
-       h.execution_ms, h.background_ms, h.applied_by, h.applied_from, h.steps_done,
-       h.statements_done, h.step_timings::text AS step_timings, h.last_error,
-       h.failed_statement
-FROM (SELECT 1) AS one
-LEFT JOIN migration_history h ON true
-ORDER BY h.version
+SELECT version, name, feature, checksum, state, applied_at, finished_at, execution_ms,
+       background_ms, applied_by, applied_from, steps_done, statements_done,
+       step_timings::text AS step_timings, last_error, failed_statement
+FROM migration_history
+ORDER BY version
 """
 
 # The boot check: only what planning needs, so the usual "nothing pending"
 # answer costs about one bare round trip (bench/bench_boot.py).
 _READ_LEAN = """
 SELECT version, state, checksum, steps_done, statements_done FROM migration_history
-"""
-
-_READ_SERVER = """
-SELECT current_setting('server_version_num')::int AS server_version, current_user AS current_user
 """
 
 _READ_PROGRESS = """
@@ -90,25 +82,19 @@ class ProgressRow:
 
 @dataclasses.dataclass(frozen=True)
 class DatabaseState:
-    """What the boot check learns in its single round trip."""
+    """The whole history, and whether migration 000 has created its table."""
 
-    server_version: int
-    current_user: str
     has_history: bool
     history: dict[str, HistoryRow]
 
 
 async def read_state(conn: asyncpg.Connection) -> DatabaseState:
-    """Server version, user and history; one round trip when the table exists."""
+    """All history rows; a database before 000 answers UndefinedTableError in the same trip."""
     try:
         rows = await conn.fetch(_READ_STATE)
     except asyncpg.UndefinedTableError:
-        row = await conn.fetchrow(_READ_SERVER)
-        assert row is not None
-        return DatabaseState(row["server_version"], row["current_user"], False, {})
-    first = rows[0]
-    history = {r["version"]: _history_row(r) for r in rows if r["version"] is not None}
-    return DatabaseState(first["server_version"], first["current_user"], True, history)
+        return DatabaseState(False, {})
+    return DatabaseState(True, {r["version"]: _history_row(r) for r in rows})
 
 
 async def read_history_lean(conn: asyncpg.Connection) -> dict[str, HistoryRow]:

@@ -206,11 +206,13 @@ def make_plan(
         target=target,
         foreground=tuple(foreground),
         background=tuple(
-            [pm for pm in background]
-            + [
-                PlannedMigration(pm.migration, start_step=len(pm.migration.foreground_steps))
-                for pm in foreground
-                if pm.migration.background_steps
+            [
+                *background,
+                *(
+                    PlannedMigration(pm.migration, start_step=len(pm.migration.foreground_steps))
+                    for pm in foreground
+                    if pm.migration.background_steps
+                ),
             ]
         ),
         disabled=tuple(disabled),

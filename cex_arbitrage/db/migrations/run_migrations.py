@@ -12,14 +12,13 @@ import logging
 import os
 import socket
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import asyncpg
 
 from cex_arbitrage.db.migrations import lock
-from cex_arbitrage.db.migrations.apply import Executor
+from cex_arbitrage.db.migrations.apply import Activity, Executor
 from cex_arbitrage.db.migrations.connect import connect
 from cex_arbitrage.db.migrations.errors import MigrationError, ValidationError
 from cex_arbitrage.db.migrations.history import read_history_lean, read_progress, read_state
@@ -28,14 +27,13 @@ from cex_arbitrage.db.migrations.preflight import run_preflight
 from cex_arbitrage.db.migrations.script import Migration
 from cex_arbitrage.db.migrations.source import MigrationSource, PackageSource, load_migrations
 from cex_arbitrage.db.migrations.status import MigrationStatus, collect_status
-from cex_arbitrage.db.structs import DatabaseConfig
+from cex_arbitrage.db.structs import DEFAULT_FEATURES, DatabaseConfig
 
 if TYPE_CHECKING:  # config imports the error types of this package
     from cex_arbitrage.config import MigrationSettings
 
 log = logging.getLogger("cex_arbitrage.migrations")
 
-DEFAULT_FEATURES: Mapping[str, bool] = {"trade_collection": True}
 _PARSED: dict[str, list[Migration]] = {}
 
 
@@ -69,15 +67,6 @@ class RunResult:
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass
-class Activity:
-    """What the runner is doing right now, for progress lines while it works."""
-
-    migration: str = "-"
-    step: str = "-"
-    started: float = dataclasses.field(default_factory=time.monotonic)
-
-
 async def start_executor(
     conn: asyncpg.Connection,
     db_config: DatabaseConfig,
@@ -85,6 +74,7 @@ async def start_executor(
     say: Callable[[str], None],
     program: str,
     verbose: bool,
+    activity: Activity | None = None,
 ) -> Executor:
     """An executor on `conn` with the session prepared (timeouts, cex.* settings, NOTICEs)."""
     executor = Executor(
@@ -97,6 +87,7 @@ async def start_executor(
         applied_from=applied_from(program),
         say=say,
         verbose=verbose,
+        activity=activity,
     )
     await executor.prepare()
     return executor
@@ -131,12 +122,10 @@ async def apply_plan(
             result.warnings.extend(pre.warnings)
             for warning in pre.warnings:
                 say(f"warning: {warning}")
-        executor = await start_executor(conn, db_config, settings, say, program, verbose)
+        executor = await start_executor(conn, db_config, settings, say, program, verbose, activity)
         try:
             for pm in plan.foreground:
                 m = pm.migration
-                if activity is not None:
-                    activity.migration, activity.started = m.label, time.monotonic()
                 verb = "resuming" if pm.resuming else "applying"
                 say(f"{database}: {verb} {m.filename}")
                 ms = await executor.run_foreground(pm)
