@@ -348,9 +348,14 @@ async def run(args: argparse.Namespace) -> None:
             writer.phase = "before"
             await asyncio.sleep(args.idle)
             writer.phase = "during"
-            log(f"migrating with backfill_batch_size {args.batch_size} while the writer writes")
+            log(
+                f"migrating with backfill_batch_size {args.batch_size}, parallel_sessions "
+                f"{args.sessions} while the writer writes"
+            )
             settings = MigrationSettings(
-                backfill_batch_size=args.batch_size, backfill_sleep_ms=args.sleep_ms
+                backfill_batch_size=args.batch_size,
+                backfill_sleep_ms=args.sleep_ms,
+                parallel_sessions=args.sessions,
             )
             started = time.perf_counter()
             result = await MigrationRunner(
@@ -447,6 +452,12 @@ def main() -> None:
     parser.add_argument("--dsn", help="server (default: CEX_BENCH_DSN, CEX_TEST_DSN, local)")
     parser.add_argument("--batch-size", type=int, default=50_000, help="backfill_batch_size")
     parser.add_argument("--sleep-ms", type=int, default=0, help="backfill_sleep_ms")
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=MigrationSettings().parallel_sessions,
+        help="parallel_sessions: sessions the backfill runs on (default: the config default)",
+    )
     parser.add_argument("--rate", type=int, default=WRITER_RATE, help="writer rows/s")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of writer before")
     parser.add_argument("--burst", type=int, default=200_000, help="rows per throughput burst")

@@ -58,6 +58,9 @@ class MigrationSettings:
     readonly_role: str = "cex_readonly"
     backfill_batch_size: int = 50000
     backfill_sleep_ms: int = 0
+    # Sessions a `parallel` step runs on at once (the 001 backfill shares its
+    # chunks out among them); 1 runs it on the runner's connection only.
+    parallel_sessions: int = 2
     run_background: bool = True
 
 
@@ -368,6 +371,7 @@ _MIGRATION_KEYS: dict[str, _Convert] = {
     "readonly_role": _text(),
     "backfill_batch_size": _integer(1),
     "backfill_sleep_ms": _integer(0),
+    "parallel_sessions": _integer(1),
     "run_background": _boolean,
 }
 

@@ -959,6 +959,106 @@ async def test_background_step_cut_off_resumes_where_it_stopped(
     assert any("background steps of 001_bg.sql resume where they stopped" in s for s in said)
 
 
+_PARALLEL_DRAIN = """
+CREATE TABLE work (n int PRIMARY KEY, done_by int, tag text, runs int NOT NULL DEFAULT 0);
+INSERT INTO work (n) SELECT generate_series(1, 40);
+CREATE TABLE poison (n int);
+-- Claims one item at a time, as the 001 backfill claims chunks.
+CREATE PROCEDURE drain() LANGUAGE plpgsql AS $$
+DECLARE
+    item int;
+BEGIN
+    LOOP
+        item := NULL;
+        SELECT n INTO item FROM work WHERE done_by IS NULL ORDER BY n LIMIT 1
+        FOR UPDATE SKIP LOCKED;
+        EXIT WHEN item IS NULL;
+        PERFORM pg_sleep(0.02);
+        IF EXISTS (SELECT 1 FROM poison p WHERE p.n = item) THEN
+            RAISE EXCEPTION 'poisoned item %', item;
+        END IF;
+        UPDATE work SET done_by = pg_backend_pid(), runs = runs + 1,
+                        tag = current_setting('cex.worker_tag', true)
+        WHERE n = item;
+        COMMIT;
+    END LOOP;
+END
+$$;
+-- migrate:step drain background transaction:false parallel
+-- migrate:session
+SELECT set_config('cex.worker_tag', 'drainer', false);
+CALL drain();
+"""
+
+
+@pytest.mark.parametrize("sessions", [1, 3])
+async def test_parallel_step_runs_on_the_configured_number_of_sessions(
+    db: DatabaseConfig, conn: asyncpg.Connection, tmp_path: Path, sessions: int
+) -> None:
+    d = write_migrations(tmp_path / "m", {"001_drain.sql": _PARALLEL_DRAIN})
+    settings = MigrationSettings(lock_wait_timeout=10, parallel_sessions=sessions)
+    said: list[str] = []
+    runner = MigrationRunner(
+        db, source=DirectorySource(d), settings=settings, say=said.append, verbose=True
+    )
+    await runner.migrate()
+
+    rows = await conn.fetch("SELECT done_by, tag, runs FROM work")
+    assert len(rows) == 40 and all(r["runs"] == 1 for r in rows)  # each item exactly once
+    # the session statement ran on every session before the shared statement
+    assert {r["tag"] for r in rows} == {"drainer"}
+    assert len({r["done_by"] for r in rows}) == sessions
+    assert (await states(conn))["001"] == "applied"
+    on_many = [s for s in said if "running on 3 sessions at once" in s]
+    assert len(on_many) == (2 if sessions == 3 else 0)  # both statements of the step
+    # no session of the runner is left behind
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        == 0
+    )
+
+
+async def test_parallel_step_failing_on_one_session_stops_all_and_resumes(
+    db: DatabaseConfig, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    d = write_migrations(tmp_path / "m", {"001_drain.sql": _PARALLEL_DRAIN})
+    settings = MigrationSettings(lock_wait_timeout=10, parallel_sessions=2)
+    await make_runner(db, d, settings=settings).migrate(background=False)
+    await conn.execute("INSERT INTO poison VALUES (20)")
+
+    with pytest.raises(MigrationFailedError) as info:
+        await make_runner(db, d, settings=settings).run_background()
+    assert info.value.exit_code == 1
+    assert "poisoned item 20" in info.value.message
+    assert "001_drain: step drain" in info.value.message
+    row = (await history(conn))["001"]
+    assert row["state"] == "background" and "poisoned item 20" in row["last_error"]
+    assert row["statements_done"] == 1  # the session statement; the CALL resumes
+    # the other session was stopped: nothing runs on, and item 20 is not done
+    for _ in range(50):
+        left = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    assert left == 0
+    done = await conn.fetchval("SELECT count(*) FROM work WHERE done_by IS NOT NULL")
+    assert 0 < done < 40
+    assert await conn.fetchval("SELECT done_by FROM work WHERE n = 20") is None
+
+    await conn.execute("DELETE FROM poison")
+    assert await make_runner(db, d, settings=settings).run_background() == ["001"]
+    rows = await conn.fetch("SELECT runs FROM work")
+    assert len(rows) == 40 and all(r["runs"] == 1 for r in rows)
+    row = (await history(conn))["001"]
+    assert row["state"] == "applied" and row["last_error"] is None
+
+
 async def test_migrate_runs_background_steps_by_default(
     db: DatabaseConfig, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:

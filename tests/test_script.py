@@ -269,6 +269,17 @@ def test_bad_step_flag_is_refused_with_file_and_line() -> None:
     assert "transaction:false" in error.message
 
 
+def test_parallel_flag_is_read_and_needs_a_non_transactional_step() -> None:
+    m = parse_migration(
+        "003_p.sql",
+        "SELECT 1;\n-- migrate:step fill transaction:false background parallel\nCALL f();\n",
+    )
+    assert [(s.name, s.parallel) for s in m.steps] == [("main", False), ("fill", True)]
+    error = refused("003_x.sql", "SELECT 1;\n-- migrate:step fill background parallel\nSELECT 2;")
+    assert "003_x.sql:2" in error.message
+    assert "parallel but transactional" in error.message
+
+
 def test_repeated_step_flag_is_refused() -> None:
     error = refused("003_x.sql", "-- migrate:step a background background\nSELECT 1;")
     assert "003_x.sql:1" in error.message

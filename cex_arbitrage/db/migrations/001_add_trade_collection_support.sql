@@ -318,19 +318,36 @@ END
 $$;
 
 -- Backfill symbol_base/symbol_quote of old rows, removing replayed
--- duplicates on the way (header of this file: dedup rule). Walks `id` upwards
--- in batches of cex.backfill_batch_size rows, each batch one transaction that
--- also moves the checkpoint in migration_progress ('001', 'backfill_symbols'),
--- so a re-CALL after a crash continues where the last commit left it, and a
--- CALL after the end does nothing. Sleeps cex.backfill_sleep_ms between
--- batches. Only rows that existed when it started are walked (detail ->>
--- 'boundary_id'): later rows got their parts from the writer or the trigger.
+-- duplicates on the way (header of this file: dedup rule). Only rows that
+-- existed when it started are walked (detail ->> 'boundary_id'): later rows
+-- got their parts from the writer or the trigger.
+--
+-- Set-up, once, in one transaction: the old rows' ids are cut into chunks
+-- of cex.backfill_batch_size rows (table cex_backfill_chunks), and the ids
+-- of old rows whose (exchange, trade_id) occurs more than once are noted
+-- (cex_backfill_dup_ids). Only those rows can be replayed duplicates, so
+-- only they are looked up in uq_trades_dedup; every other row of a chunk is
+-- split by one plain UPDATE, each distinct symbol split once. That keeps the
+-- backfill close to the cost of one UPDATE of every row
+-- (bench/bench_migration_001.py).
+--
+-- Then each chunk is one transaction: claim it (FOR UPDATE SKIP LOCKED, so
+-- several sessions may CALL this at once, each on other chunks: the
+-- runner's `parallel` step), archive its duplicates, split the rest, mark it
+-- done, add to the counters in migration_progress ('001',
+-- 'backfill_symbols'). A crash loses the chunk in hand only; a re-CALL takes
+-- the chunks not done; a CALL after the end does nothing. `position` is a
+-- low-water mark: every old id up to it is done (with one session, nothing
+-- above it is). Sleeps cex.backfill_sleep_ms between chunks. The session
+-- that finds every chunk done drops the two tables and reports.
 --
 -- A duplicate is removed BEFORE its group's kept row gets base/quote, since
--- that update is what uq_trades_dedup checks; rows written since the
--- foreground part (base/quote already set, higher ids) that duplicate an old
--- row are archived the same way. A writer racing a batch for the same trade
--- makes the batch fail on the unique index; it is rolled back and retried.
+-- that update is what uq_trades_dedup checks. A row written since the
+-- foreground part (base/quote set) that replays an old trade, or a
+-- duplicate split meanwhile by another session, makes the chunk's UPDATE
+-- fail on uq_trades_dedup: the chunk is rolled back (a subtransaction) and
+-- done again with every row looked up, which archives the later row and
+-- keeps the lowest id.
 CREATE OR REPLACE PROCEDURE cex_backfill_trade_symbols(p_batch_size integer DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -339,11 +356,12 @@ DECLARE
     sleep_ms integer := coalesce(nullif(current_setting('cex.backfill_sleep_ms', true), '')::integer, 0);
     progress migration_progress%ROWTYPE;
     boundary bigint;
-    pos bigint;
-    hi bigint;
-    in_range integer;
-    examined integer;
-    unsplittable integer;
+    start_after bigint;
+    c_lo bigint;
+    c_hi bigint;
+    look_up_all boolean;
+    examined bigint;
+    unsplittable bigint;
     archived integer;
     archived_later integer;
     violating bigint[];
@@ -353,16 +371,64 @@ BEGIN
     IF batch_size < 1 THEN
         RAISE EXCEPTION 'migration 001: backfill batch size must be positive, got %', batch_size;
     END IF;
-    INSERT INTO migration_progress AS p (version, task, position, rows_done, rows_total, detail)
-    SELECT '001', 'backfill_symbols', NULL, 0,
-           (SELECT count(*) FROM trades WHERE symbol_base IS NULL),
-           jsonb_build_object('boundary_id', (SELECT max(id) FROM trades),
-                              'rows_split', 0, 'unsplittable_rows', 0,
-                              'unsplittable_symbols', '{}'::jsonb, 'duplicates_archived', 0)
-    ON CONFLICT (version, task) DO NOTHING;
-    COMMIT;
 
-    CREATE TEMP TABLE IF NOT EXISTS cex_backfill_batch (
+    -- Set-up, once. A session that comes second waits for the first's
+    -- set-up to commit (however long the scans take), then finds it done.
+    PERFORM set_config('lock_timeout', '0', true);
+    INSERT INTO migration_progress (version, task, rows_done, detail)
+    VALUES ('001', 'backfill_symbols', 0, '{}'::jsonb)
+    ON CONFLICT (version, task) DO NOTHING;
+    SELECT * INTO progress FROM migration_progress
+    WHERE version = '001' AND task = 'backfill_symbols' FOR UPDATE;
+    IF NOT progress.done AND NOT progress.detail ? 'chunks' THEN
+        PERFORM set_config('work_mem', '256MB', true), set_config('jit', 'off', true);
+        boundary := coalesce((progress.detail ->> 'boundary_id')::bigint, (SELECT max(id) FROM trades));
+        start_after := coalesce(progress.position::bigint, -9223372036854775808);
+        CREATE TABLE IF NOT EXISTS cex_backfill_chunks (
+            lo   bigint  PRIMARY KEY,  -- the chunk is lo < id <= hi
+            hi   bigint  NOT NULL,
+            done boolean NOT NULL DEFAULT false
+        );
+        CREATE TABLE IF NOT EXISTS cex_backfill_dup_ids (id bigint PRIMARY KEY);
+        INSERT INTO cex_backfill_chunks (lo, hi)
+        SELECT coalesce(lag(e) OVER (ORDER BY e), start_after), e
+        FROM (SELECT id AS e
+              FROM (SELECT id, row_number() OVER (ORDER BY id) AS n
+                    FROM trades WHERE id > start_after AND id <= boundary) AS s
+              WHERE n % batch_size = 0 OR id = boundary) AS ends;
+        -- Candidates: every old row of an (exchange, trade_id) seen more than
+        -- once. The dedup key also has base/quote, so this is a superset.
+        INSERT INTO cex_backfill_dup_ids (id)
+        SELECT t.id
+        FROM trades t
+        JOIN (SELECT exchange, trade_id FROM trades
+              WHERE id <= boundary AND trade_id IS NOT NULL
+              GROUP BY exchange, trade_id HAVING count(*) > 1) AS k
+          ON k.exchange = t.exchange AND k.trade_id = t.trade_id
+        WHERE t.id > start_after AND t.id <= boundary
+        ON CONFLICT DO NOTHING;
+        UPDATE migration_progress p
+        SET rows_total = coalesce(p.rows_total, (SELECT count(*) FROM trades
+                                                 WHERE symbol_base IS NULL AND id <= boundary)),
+            detail = jsonb_build_object('rows_split', 0, 'unsplittable_rows', 0,
+                                        'unsplittable_symbols', '{}'::jsonb, 'duplicates_archived', 0)
+                     || p.detail
+                     || jsonb_build_object('boundary_id', boundary,
+                                           'chunks', (SELECT count(*) FROM cex_backfill_chunks),
+                                           'duplicate_candidates', (SELECT count(*) FROM cex_backfill_dup_ids)),
+            updated_at = now()
+        WHERE p.version = '001' AND p.task = 'backfill_symbols'
+        RETURNING * INTO progress;
+    END IF;
+    COMMIT;
+    boundary := (progress.detail ->> 'boundary_id')::bigint;
+
+    CREATE TEMP TABLE IF NOT EXISTS cex_backfill_symbols (  -- the chunk's distinct symbols
+        symbol  varchar(50),
+        n       bigint,
+        parts   text[]
+    ) ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS cex_backfill_batch (    -- the chunk's duplicate candidates
         id          bigint,
         ts          timestamptz,
         exchange    varchar(50),
@@ -374,131 +440,122 @@ BEGIN
     ) ON COMMIT DELETE ROWS;
 
     LOOP
-        SELECT * INTO progress FROM migration_progress WHERE version = '001' AND task = 'backfill_symbols';
-        IF progress.done THEN
-            RAISE NOTICE 'migration 001: backfill_symbols: done (% rows); % unsplittable rows kept with '
-                         'NULL symbol_base/symbol_quote; % duplicates in trades_duplicates_removed',
-                         progress.rows_done, progress.detail ->> 'unsplittable_rows',
-                         progress.detail ->> 'duplicates_archived';
+        EXIT WHEN progress.done;
+        c_lo := NULL;
+        BEGIN
+            SELECT lo, hi INTO c_lo, c_hi FROM cex_backfill_chunks
+            WHERE NOT done ORDER BY lo LIMIT 1 FOR UPDATE SKIP LOCKED;
+        EXCEPTION WHEN undefined_table THEN
+            NULL;  -- another session finished and dropped it
+        END;
+        IF c_lo IS NULL THEN
+            COMMIT;  -- hold no lock on the chunk table while finishing
             EXIT;
         END IF;
-        boundary := (progress.detail ->> 'boundary_id')::bigint;
-        pos := coalesce(progress.position::bigint, -9223372036854775808);
-        SELECT max(id), count(*) INTO hi, in_range
-        FROM (SELECT id FROM trades WHERE id > pos AND id <= boundary ORDER BY id LIMIT batch_size) AS s;
 
-        IF in_range = 0 THEN
-            UPDATE migration_progress
-            SET done = true, position = coalesce(boundary::text, position), updated_at = now()
-            WHERE version = '001' AND task = 'backfill_symbols';
-            COMMIT;
-            IF coalesce((progress.detail ->> 'rows_violating_constraints')::bigint, 0) > 0 THEN
-                RAISE WARNING 'migration 001: % rows break a constraint of trades (see the WARNING of '
-                              'validate_constraints) and were left unsplit, ids (first 100): %; fix them, '
-                              'then set their symbol_base/symbol_quote from cex_split_symbol(symbol)',
-                              progress.detail ->> 'rows_violating_constraints', progress.detail -> 'violating_ids';
-            END IF;
-            IF (progress.detail ->> 'unsplittable_rows')::bigint > 0 THEN
-                RAISE NOTICE 'migration 001: % rows have a symbol no rule splits; they are kept as they '
-                             'were, with NULL symbol_base/symbol_quote: %',
-                             progress.detail ->> 'unsplittable_rows', progress.detail -> 'unsplittable_symbols';
-            END IF;
-            CONTINUE;  -- reports "done" above
-        END IF;
-
-        -- For this batch's transaction: hash the batch in memory (work_mem), and
-        -- no JIT: compiling the plans below costs more than it saves on one
-        -- batch, and plpgsql plans them anew for each.
+        -- For this chunk's transaction: hash it in memory, and no JIT
+        -- (compiling costs more than it saves on one chunk).
         PERFORM set_config('work_mem', '64MB', true), set_config('jit', 'off', true);
+        look_up_all := false;
         attempt := 0;
         LOOP
             BEGIN
-                -- Read and split each old row of the batch once, and find the kept
-                -- row of each trade: the lowest id among this batch (hashed, no
-                -- sort) and the rows already split (earlier batches, new writes;
-                -- found through uq_trades_dedup). One pass over the batch: the
-                -- backfill's cost is close to one UPDATE of each row
-                -- (bench/bench_migration_001.py).
-                WITH src AS MATERIALIZED (  -- the split function once per row
-                    SELECT id, "timestamp" AS ts, exchange, symbol, trade_id,
-                           cex_split_symbol(symbol) AS parts
-                    FROM trades
-                    WHERE id > pos AND id <= hi AND symbol_base IS NULL
-                ), repeated AS (  -- trades that occur more than once in this batch
+                -- Each distinct symbol of the chunk's unsplit rows, split once.
+                INSERT INTO cex_backfill_symbols (symbol, n, parts)
+                SELECT symbol, count(*), cex_split_symbol(symbol)
+                FROM trades
+                WHERE id > c_lo AND id <= c_hi AND symbol_base IS NULL
+                GROUP BY symbol;
+                SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE parts IS NULL), 0)
+                INTO examined, unsplittable FROM cex_backfill_symbols;
+
+                -- The duplicate candidates (all rows, when a first try met a
+                -- row split elsewhere) and the kept row of each trade: the
+                -- lowest id among this chunk (hashed) and the rows already split
+                -- (other chunks, new writes; found through uq_trades_dedup).
+                archived := 0;
+                archived_later := 0;
+                INSERT INTO cex_backfill_batch (id, ts, exchange, symbol, trade_id, parts, keep_id, settled_max)
+                WITH src AS MATERIALIZED (
+                    SELECT t.id, t."timestamp" AS ts, t.exchange, t.symbol, t.trade_id, m.parts
+                    FROM trades t
+                    JOIN cex_backfill_symbols m ON m.symbol = t.symbol AND m.parts IS NOT NULL
+                    WHERE t.id > c_lo AND t.id <= c_hi AND t.symbol_base IS NULL
+                      AND t.trade_id IS NOT NULL
+                      AND (look_up_all OR t.id IN (SELECT d.id FROM cex_backfill_dup_ids d
+                                                   WHERE d.id > c_lo AND d.id <= c_hi))
+                ), repeated AS (  -- trades that occur more than once in this chunk
                     SELECT exchange, parts, trade_id, min(id) AS first_id
                     FROM src
-                    WHERE parts IS NOT NULL AND trade_id IS NOT NULL
                     GROUP BY exchange, parts, trade_id
                     HAVING count(*) > 1
                 )
-                INSERT INTO cex_backfill_batch (id, ts, exchange, symbol, trade_id, parts, keep_id, settled_max)
                 SELECT k.id, k.ts, k.exchange, k.symbol, k.trade_id, k.parts,
-                       CASE WHEN k.parts IS NOT NULL AND k.trade_id IS NOT NULL THEN
-                           least(coalesce(r.first_id, k.id), s.min_id) END,
-                       s.max_id
+                       least(coalesce(r.first_id, k.id), s.min_id), s.max_id
                 FROM src k
                 LEFT JOIN repeated r
                   ON r.exchange = k.exchange AND r.parts = k.parts AND r.trade_id = k.trade_id
                 LEFT JOIN LATERAL (
                     SELECT min(t.id) AS min_id, max(t.id) AS max_id
                     FROM trades t
-                    WHERE k.parts IS NOT NULL AND k.trade_id IS NOT NULL
-                      AND t.exchange = k.exchange AND t.symbol_base = k.parts[1]
+                    WHERE t.exchange = k.exchange AND t.symbol_base = k.parts[1]
                       AND t.symbol_quote = k.parts[2] AND t.trade_id = k.trade_id
                       AND t.trade_id IS NOT NULL) AS s ON true;
-                GET DIAGNOSTICS examined = ROW_COUNT;
 
-                -- Duplicates in this batch: archive, then delete.
-                WITH gone AS (
-                    DELETE FROM trades t
-                    USING cex_backfill_batch b
-                    WHERE t.id = b.id AND t."timestamp" = b.ts AND b.keep_id < b.id
-                      AND t.id > pos AND t.id <= hi
-                    RETURNING t.*, b.parts AS split, b.keep_id AS kept
-                )
-                INSERT INTO trades_duplicates_removed (
-                    id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
-                    side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept_id)
-                SELECT id, "timestamp", exchange, symbol, split[1], split[2], price, quantity,
-                       side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
-                FROM gone;
-                GET DIAGNOSTICS archived = ROW_COUNT;
-
-                -- Later rows (written since the foreground part) duplicating a kept row.
-                archived_later := 0;
-                IF EXISTS (SELECT 1 FROM cex_backfill_batch WHERE keep_id = id AND settled_max > id) THEN
+                IF FOUND THEN
+                    -- Duplicates in this chunk: archive, then delete.
                     WITH gone AS (
                         DELETE FROM trades t
                         USING cex_backfill_batch b
-                        WHERE b.keep_id = b.id AND b.settled_max > b.id
-                          AND t.exchange = b.exchange AND t.symbol_base = b.parts[1]
-                          AND t.symbol_quote = b.parts[2] AND t.trade_id = b.trade_id AND t.id > b.id
-                        RETURNING t.*, b.id AS kept
+                        WHERE t.id = b.id AND t."timestamp" = b.ts AND b.keep_id < b.id
+                          AND t.id > c_lo AND t.id <= c_hi
+                        RETURNING t.*, b.parts AS split, b.keep_id AS kept
                     )
                     INSERT INTO trades_duplicates_removed (
                         id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
                         side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept_id)
-                    SELECT id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
+                    SELECT id, "timestamp", exchange, symbol, split[1], split[2], price, quantity,
                            side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
                     FROM gone;
-                    GET DIAGNOSTICS archived_later = ROW_COUNT;
+                    GET DIAGNOSTICS archived = ROW_COUNT;
+
+                    -- Later rows (split elsewhere, higher ids) duplicating a kept row.
+                    IF EXISTS (SELECT 1 FROM cex_backfill_batch WHERE keep_id = id AND settled_max > id) THEN
+                        WITH gone AS (
+                            DELETE FROM trades t
+                            USING cex_backfill_batch b
+                            WHERE b.keep_id = b.id AND b.settled_max > b.id
+                              AND t.exchange = b.exchange AND t.symbol_base = b.parts[1]
+                              AND t.symbol_quote = b.parts[2] AND t.trade_id = b.trade_id AND t.id > b.id
+                            RETURNING t.*, b.id AS kept
+                        )
+                        INSERT INTO trades_duplicates_removed (
+                            id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
+                            side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept_id)
+                        SELECT id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
+                               side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
+                        FROM gone;
+                        GET DIAGNOSTICS archived_later = ROW_COUNT;
+                    END IF;
                 END IF;
 
+                -- Split every remaining unsplit row of the chunk.
                 violating := '{}';
                 BEGIN
                     UPDATE trades t
-                    SET symbol_base = b.parts[1], symbol_quote = b.parts[2]
-                    FROM cex_backfill_batch b
-                    WHERE t.id = b.id AND t."timestamp" = b.ts AND t.id > pos AND t.id <= hi
-                      AND b.parts IS NOT NULL AND (b.keep_id IS NULL OR b.keep_id = b.id)
-                      AND t.symbol_base IS NULL;
+                    SET symbol_base = m.parts[1], symbol_quote = m.parts[2]
+                    FROM cex_backfill_symbols m
+                    WHERE t.id > c_lo AND t.id <= c_hi AND t.symbol_base IS NULL
+                      AND m.symbol = t.symbol AND m.parts IS NOT NULL;
                 EXCEPTION WHEN check_violation THEN
                     -- An old row breaks a constraint the foreground part added NOT
                     -- VALID (say side 'BUY'), and PostgreSQL checks those on UPDATE.
-                    -- Split this batch row by row; such rows stay as they were.
+                    -- Split this chunk row by row; such rows stay as they were.
                     FOR survivor IN
-                        SELECT b.id, b.ts, b.parts FROM cex_backfill_batch b
-                        WHERE b.parts IS NOT NULL AND (b.keep_id IS NULL OR b.keep_id = b.id)
+                        SELECT t.id, t."timestamp" AS ts, m.parts
+                        FROM trades t JOIN cex_backfill_symbols m ON m.symbol = t.symbol
+                        WHERE t.id > c_lo AND t.id <= c_hi AND t.symbol_base IS NULL
+                          AND m.parts IS NOT NULL
                     LOOP
                         BEGIN
                             UPDATE trades
@@ -510,9 +567,10 @@ BEGIN
                     END LOOP;
                 END;
 
-                SELECT count(*) INTO unsplittable FROM cex_backfill_batch WHERE parts IS NULL;
+                UPDATE cex_backfill_chunks SET done = true WHERE lo = c_lo;
                 UPDATE migration_progress p
-                SET position = hi::text,
+                SET position = coalesce((SELECT min(lo) FROM cex_backfill_chunks WHERE NOT done),
+                                        boundary)::text,
                     rows_done = p.rows_done + examined,
                     updated_at = now(),
                     detail = p.detail || jsonb_build_object(
@@ -538,32 +596,73 @@ BEGIN
                                   FROM (SELECT key AS sym, value::bigint AS n
                                         FROM jsonb_each_text(p.detail -> 'unsplittable_symbols')
                                         UNION ALL
-                                        SELECT symbol, count(*) FROM cex_backfill_batch
-                                        WHERE parts IS NULL GROUP BY symbol) AS u
+                                        SELECT symbol, n FROM cex_backfill_symbols
+                                        WHERE parts IS NULL) AS u
                                   GROUP BY sym ORDER BY sum(n) DESC, sym LIMIT 100) AS top))
                 WHERE p.version = '001' AND p.task = 'backfill_symbols'
                 RETURNING * INTO progress;
                 EXIT;
             EXCEPTION WHEN unique_violation OR deadlock_detected THEN
-                -- A writer inserted the same trade meanwhile: the batch is rolled
-                -- back (this block is a subtransaction); look again.
+                -- A row of this chunk's trades was split elsewhere meanwhile (a
+                -- writer, another session): the chunk is rolled back (this block
+                -- is a subtransaction); do it again looking every row up.
                 attempt := attempt + 1;
                 IF attempt >= 5 THEN
                     RAISE;
                 END IF;
-                RAISE NOTICE 'migration 001: backfill_symbols: batch after id % met a concurrent write '
-                             '(%), retrying', pos, SQLERRM;
-                PERFORM pg_sleep(0.1 * attempt);
+                IF look_up_all THEN
+                    RAISE NOTICE 'migration 001: backfill_symbols: chunk after id % met a concurrent '
+                                 'write (%), retrying', c_lo, SQLERRM;
+                    PERFORM pg_sleep(0.1 * attempt);
+                END IF;
+                look_up_all := true;
             END;
         END LOOP;
         COMMIT;
-        RAISE NOTICE 'migration 001: backfill_symbols: %/% rows, last id %; % unsplittable, % duplicates archived',
-                     progress.rows_done, progress.rows_total, hi,
+        RAISE NOTICE 'migration 001: backfill_symbols: %/% rows, ids up to % done; % unsplittable, % duplicates archived',
+                     progress.rows_done, progress.rows_total, progress.position,
                      progress.detail ->> 'unsplittable_rows', progress.detail ->> 'duplicates_archived';
         IF sleep_ms > 0 THEN
             PERFORM pg_sleep(sleep_ms / 1000.0);
         END IF;
     END LOOP;
+
+    -- Nothing left to claim. Finish if every chunk is done; a chunk still in
+    -- another session's hands is finished by that session.
+    SELECT * INTO progress FROM migration_progress
+    WHERE version = '001' AND task = 'backfill_symbols' FOR UPDATE;
+    IF NOT progress.done THEN
+        IF to_regclass('cex_backfill_chunks') IS NOT NULL
+           AND EXISTS (SELECT 1 FROM cex_backfill_chunks WHERE NOT done) THEN
+            COMMIT;
+            RAISE NOTICE 'migration 001: backfill_symbols: no chunk left for this session; '
+                         'another session is finishing the last ones';
+            RETURN;
+        END IF;
+        DROP TABLE IF EXISTS cex_backfill_chunks, cex_backfill_dup_ids;
+        UPDATE migration_progress
+        SET done = true, position = coalesce(boundary::text, position), updated_at = now()
+        WHERE version = '001' AND task = 'backfill_symbols'
+        RETURNING * INTO progress;
+        COMMIT;
+        IF coalesce((progress.detail ->> 'rows_violating_constraints')::bigint, 0) > 0 THEN
+            RAISE WARNING 'migration 001: % rows break a constraint of trades (see the WARNING of '
+                          'validate_constraints) and were left unsplit, ids (first 100): %; fix them, '
+                          'then set their symbol_base/symbol_quote from cex_split_symbol(symbol)',
+                          progress.detail ->> 'rows_violating_constraints', progress.detail -> 'violating_ids';
+        END IF;
+        IF (progress.detail ->> 'unsplittable_rows')::bigint > 0 THEN
+            RAISE NOTICE 'migration 001: % rows have a symbol no rule splits; they are kept as they '
+                         'were, with NULL symbol_base/symbol_quote: %',
+                         progress.detail ->> 'unsplittable_rows', progress.detail -> 'unsplittable_symbols';
+        END IF;
+    ELSE
+        COMMIT;
+    END IF;
+    RAISE NOTICE 'migration 001: backfill_symbols: done (% rows); % unsplittable rows kept with '
+                 'NULL symbol_base/symbol_quote; % duplicates in trades_duplicates_removed',
+                 progress.rows_done, progress.detail ->> 'unsplittable_rows',
+                 progress.detail ->> 'duplicates_archived';
 END
 $$;
 
@@ -872,11 +971,12 @@ BEGIN
 END
 $$;
 
--- migrate:step backfill transaction:false background
+-- migrate:step backfill transaction:false background parallel
+-- Every session of the step CALLs it; they share out the chunks.
 CALL cex_backfill_trade_symbols();
-ANALYZE trades;
 
 -- migrate:step validate_constraints transaction:false background
+ANALYZE trades;
 CALL cex_validate_trade_constraints();
 
 -- migrate:step query_indexes transaction:false background

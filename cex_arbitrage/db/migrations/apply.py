@@ -17,7 +17,7 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -94,8 +94,11 @@ class Executor:
         say: Callable[[str], None],
         verbose: bool = False,
         activity: Activity | None = None,
+        open_session: Callable[[], Awaitable[asyncpg.Connection]] | None = None,
     ) -> None:
         self.conn = conn
+        # More sessions for `parallel` steps; without it they run on `conn` alone.
+        self.open_session = open_session
         self.database = database
         self.settings = settings
         self.lock_timeout_ms = lock_timeout_ms
@@ -107,22 +110,23 @@ class Executor:
         self.current: str = "-"
         self.activity = activity or Activity()
 
-    async def prepare(self) -> None:
+    async def prepare(self, conn: asyncpg.Connection | None = None) -> None:
         """Session settings for the whole run: lock/statement timeouts, cex.* values."""
+        conn = conn or self.conn
         values = {
             "lock_timeout": f"{int(self.lock_timeout_ms)}ms",
             "statement_timeout": f"{int(self.statement_timeout_ms)}ms",
             **session_settings(self.settings),
         }
         names = list(values)
-        await self.conn.execute(
+        await conn.execute(
             "SELECT "
             + ", ".join(
                 f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(names))
             ),
             *[x for name in names for x in (name, values[name])],
         )
-        self.conn.add_log_listener(self._on_notice)
+        conn.add_log_listener(self._on_notice)
 
     def close(self) -> None:
         if not self.conn.is_closed():
@@ -280,13 +284,81 @@ class Executor:
             index_name = concurrent_index_name(statement)
             if index_name is not None:
                 await self._drop_invalid_index(m, index_name)
-            await self._statement_with_retry(m, step, statement, background)
+            if step.parallel and self.settings.parallel_sessions > 1 and self.open_session:
+                replay = [statements[k] for k in sorted(step.session_statements) if k < j]
+                await self._parallel_statement(m, step, statement, background, replay)
+            else:
+                await self._statement_with_retry(m, step, statement, background)
             await self._execute(
                 "UPDATE migration_history SET statements_done = "
                 f"{j + 1} WHERE version = {hist.literal(m.version)}",
                 m,
                 None,
             )
+
+    async def _parallel_statement(
+        self, m: Migration, step: Step, statement: str, background: bool, replay: list[str]
+    ) -> None:
+        """Run `statement` on this session and `parallel_sessions - 1` more at once.
+
+        The statement shares its work out itself (the 001 backfill claims
+        chunks with FOR UPDATE SKIP LOCKED), so each session runs the same
+        text; the step goes on when all of them are done. The first failure
+        cancels the others: each rolls back its unfinished transaction only,
+        and a re-run resumes at this statement.
+        """
+        extra: list[asyncpg.Connection] = []
+        assert self.open_session is not None
+        try:
+            for _ in range(self.settings.parallel_sessions - 1):
+                try:
+                    conn = await self.open_session()
+                except MigrationError:
+                    raise
+                except Exception as exc:
+                    raise self._wrap(exc, m, step, background) from exc
+                extra.append(conn)
+                await self.prepare(conn)
+                for sql in replay:  # the step's session state, as on the first session
+                    await self._statement_with_retry(m, step, sql, background, conn)
+            if self.verbose:
+                self.say(
+                    f"{self.database}: {m.label}: step {step.name}: running on "
+                    f"{len(extra) + 1} sessions at once"
+                )
+            tasks = [
+                asyncio.create_task(self._statement_with_retry(m, step, statement, background))
+            ] + [
+                asyncio.create_task(
+                    self._statement_with_retry(m, step, statement, background, conn, record=False)
+                )
+                for conn in extra
+            ]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException as exc:
+                first = tasks[0]
+                recorded = first.done() and not first.cancelled() and first.exception() is not None
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                cause = exc.__cause__ or exc
+                lost = is_connection_lost(cause)
+                if isinstance(exc, MigrationError) and not recorded and not lost:
+                    # A failure on an extra session is recorded here, once the
+                    # first session is idle again (the first records its own).
+                    await self._record_failure(m, cause, step, background, statement)
+                raise
+        finally:
+            for conn in extra:
+                conn.remove_log_listener(self._on_notice)
+                try:  # after a cancel, close() waits for the server to end the statement
+                    await asyncio.wait_for(conn.close(), timeout=10)
+                except Exception:
+                    conn.terminate()
+                except BaseException:
+                    conn.terminate()
+                    raise
 
     async def _drop_invalid_index(self, m: Migration, name: str) -> None:
         """An interrupted CREATE INDEX CONCURRENTLY leaves an INVALID index; rebuild it."""
@@ -348,17 +420,26 @@ class Executor:
                 raise self._wrap(exc, m, step, background) from exc
 
     async def _statement_with_retry(
-        self, m: Migration, step: Step, statement: str, background: bool
+        self,
+        m: Migration,
+        step: Step,
+        statement: str,
+        background: bool,
+        conn: asyncpg.Connection | None = None,
+        *,
+        record: bool = True,
     ) -> None:
+        conn = conn or self.conn
         attempt = 0
         while True:
             try:
-                await self.conn.execute(statement)
+                await conn.execute(statement)
                 return
             except _LOCK_ERRORS as exc:
                 attempt += 1
                 if attempt > self.lock_retries:
-                    await self._record_failure(m, exc, step, background, statement)
+                    if record:
+                        await self._record_failure(m, exc, step, background, statement)
                     raise LockTimeoutError(
                         f"{self.database}: {m.label}: step {step.name}: could not get a lock "
                         f"within {self.lock_timeout_ms} ms after {attempt} attempts: {exc}. "
@@ -369,7 +450,7 @@ class Executor:
                     await self._drop_invalid_index(m, index_name)
                 await self._backoff(m, attempt, exc)
             except Exception as exc:
-                if not is_connection_lost(exc):
+                if record and not is_connection_lost(exc):
                     await self._record_failure(m, exc, step, background, statement)
                 raise self._wrap(exc, m, step, background, statement) from exc
 

@@ -88,6 +88,7 @@ async def start_executor(
         say=say,
         verbose=verbose,
         activity=activity,
+        open_session=lambda: connect(db_config),
     )
     await executor.prepare()
     return executor

@@ -25,7 +25,7 @@ _TRANSACTION_CONTROL_RE = re.compile(
     re.IGNORECASE,
 )
 _HEADER_KEYS = ("feature", "depends", "description")
-_STEP_FLAGS = ("transaction:false", "background")
+_STEP_FLAGS = ("transaction:false", "background", "parallel")
 _INDEX_CONCURRENTLY_RE = re.compile(
     r"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"
     r"(?!ON\b)"  # `CREATE INDEX CONCURRENTLY ON t (...)` has no name to look for
@@ -47,6 +47,9 @@ class Step:
     # SET, a temp table): replayed first when a run resumes mid-step on a new
     # connection, because that state died with the old one.
     session_statements: frozenset[int] = frozenset()
+    # `parallel`: each statement shares its work out itself (claims with
+    # FOR UPDATE SKIP LOCKED), so the runner may run it on several sessions.
+    parallel: bool = False
 
     @property
     def statements(self) -> list[str]:
@@ -107,6 +110,7 @@ def parse_migration(filename: str, text: str) -> Migration:
     header: dict[str, str] = {}
     steps: list[Step] = []
     current_name, current_tx, current_bg, current_line = "main", True, False, 1
+    current_parallel = False
     buffer: list[str] = []
     buffer_line = 1  # the line the buffered SQL starts at
     session: set[int] = set()
@@ -118,7 +122,15 @@ def parse_migration(filename: str, text: str) -> Migration:
         _refuse_transaction_control(filename, sql, buffer_line)
         if split_statements(sql):
             steps.append(
-                Step(current_name, sql, current_tx, current_bg, current_line, frozenset(session))
+                Step(
+                    current_name,
+                    sql,
+                    current_tx,
+                    current_bg,
+                    current_line,
+                    frozenset(session),
+                    parallel=current_parallel,
+                )
             )
         elif current_name != "main":
             raise ValidationError(
@@ -184,6 +196,12 @@ def parse_migration(filename: str, text: str) -> Migration:
             current_name = parts[0]
             current_tx = "transaction:false" not in flags
             current_bg = "background" in flags
+            current_parallel = "parallel" in flags
+            if current_parallel and current_tx:
+                raise ValidationError(
+                    f"{where}: step {current_name!r} is parallel but transactional; a parallel "
+                    "step runs its statements on several sessions, so it needs transaction:false"
+                )
             current_line = lineno
         elif key == "psql-only":
             close_step()
