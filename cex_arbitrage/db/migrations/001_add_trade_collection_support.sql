@@ -982,6 +982,14 @@ CALL cex_validate_trade_constraints();
 -- migrate:step query_indexes transaction:false background
 -- Over the backfilled columns, so built after the backfill (once, and without
 -- slowing its updates). Same hypertable/plain arrangement as dedup_index.
+-- A build keeps at most cex.parallel_sessions processes busy (the leader and
+-- its parallel workers), as the backfill does, so the collectors keep the
+-- server's other cores; PostgreSQL's default is a leader and two workers.
+-- migrate:session
+SELECT set_config('max_parallel_maintenance_workers', least(
+    current_setting('max_parallel_maintenance_workers')::integer,
+    greatest(coalesce(nullif(current_setting('cex.parallel_sessions', true), ''), '2')::integer - 1, 0)
+)::text, false);
 CALL cex_create_hypertable_index('trades', 'idx_trades_pair_time', false,
     '(symbol_base, symbol_quote, "timestamp" DESC)');
 CALL cex_create_hypertable_index('trades', 'idx_trades_exchange_time', false,
@@ -1005,6 +1013,7 @@ BEGIN
     END IF;
 END
 $$;
+RESET max_parallel_maintenance_workers;
 
 -- migrate:step refresh_aggregates transaction:false background
 CALL cex_refresh_trade_aggregates();

@@ -75,6 +75,7 @@ def session_settings(settings: MigrationSettings) -> dict[str, str]:
         "cex.readonly_role": settings.readonly_role,
         "cex.backfill_batch_size": str(settings.backfill_batch_size),
         "cex.backfill_sleep_ms": str(settings.backfill_sleep_ms),
+        "cex.parallel_sessions": str(settings.parallel_sessions),
     }
 
 
@@ -111,9 +112,15 @@ class Executor:
         self.activity = activity or Activity()
 
     async def prepare(self, conn: asyncpg.Connection | None = None) -> None:
-        """Session settings for the whole run: lock/statement timeouts, cex.* values."""
+        """Session settings for the whole run: timeouts, writeback, cex.* values."""
         conn = conn or self.conn
         values = {
+            # The backfill dirties far more pages than shared_buffers holds, so
+            # this session writes them out itself. Without writeback hints they
+            # pile up in the OS page cache until a checkpoint fsyncs the file at
+            # once, and every collector COMMIT waits behind that fsync (200-330 ms
+            # stalls at 5M rows; 39 ms max with this, bench/bench_migration_001.py).
+            "backend_flush_after": "256kB",
             "lock_timeout": f"{int(self.lock_timeout_ms)}ms",
             "statement_timeout": f"{int(self.statement_timeout_ms)}ms",
             **session_settings(self.settings),
