@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import shutil
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -455,6 +456,78 @@ async def test_writes_during_the_background_part_are_deduplicated(db: DatabaseCo
     result = await run_steps_psql(db, FOREGROUND_STEPS)
     assert result.returncode == 0, result.stderr
     await exercise_writes_between_foreground_and_background(db, data)
+
+
+async def test_trades_replayed_while_the_backfill_runs_are_archived(db: DatabaseConfig) -> None:
+    """Collectors write after the backfill's set-up: a replay of an old trade at the same
+    time makes a chunk's UPDATE meet uq_trades_dedup (the chunk is redone looking every
+    row up); one at another time is archived by the finishing sweep. The old row stays."""
+    data = dataset(20_000)
+    await prepare_legacy(db, data)
+    result = await run_psql(db, file=MIGRATION_000)
+    assert result.returncode == 0, result.stderr
+    result = await run_steps_psql(db, FOREGROUND_STEPS)
+    assert result.returncode == 0, result.stderr
+    env = pg_env(db, {"PGOPTIONS": "-c cex.backfill_batch_size=500 -c cex.backfill_sleep_ms=50"})
+    process = await asyncio.create_subprocess_exec(
+        "psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "CALL cex_backfill_trade_symbols()",
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    conn = await connect(db)
+    try:
+        for _ in range(400):
+            if await conn.fetchval(
+                "SELECT detail ? 'chunks' FROM migration_progress WHERE task = 'backfill_symbols'"
+            ):
+                break
+            await asyncio.sleep(0.05)
+        removed = data.expected_removed()
+        newest_first = sorted(data.trades, key=lambda r: int(r[0]), reverse=True)  # type: ignore[call-overload]
+        old = [
+            r
+            for r in newest_first
+            if r[7] is not None and reference_split(str(r[3])) and int(r[0]) not in removed  # type: ignore[call-overload]
+        ][:10]
+        boundary = max(data.by_id)
+        replays: dict[str, int] = {}  # trade_id -> the old row's id
+        for n, row in enumerate(old):
+            old_id = int(row[0])  # type: ignore[call-overload]
+            # the backfill has not reached it yet
+            assert (
+                await conn.fetchval("SELECT symbol_base FROM trades WHERE id = $1", old_id) is None
+            )
+            base, quote = reference_split(str(row[3]))  # type: ignore[misc]
+            ts = row[1] if n % 2 else row[1] + dt.timedelta(hours=1)  # type: ignore[operator]
+            await conn.execute(
+                WRITER_INSERT, ts, row[2], f"{base}/{quote}", base, quote,
+                row[4], row[5], row[6], row[7], None, None, None,
+            )  # fmt: skip
+            replays[str(row[7])] = old_id
+        _, stderr = await asyncio.wait_for(process.communicate(), 300)
+        assert process.returncode == 0, stderr.decode()
+
+        archived = await conn.fetch(
+            "SELECT id, trade_id, kept_id FROM trades_duplicates_removed WHERE id > $1", boundary
+        )
+        assert {r["trade_id"]: r["kept_id"] for r in archived} == replays
+        assert len(archived) == len(replays)
+        for old_id in replays.values():
+            assert await conn.fetchval(
+                "SELECT symbol_base IS NOT NULL FROM trades WHERE id = $1", old_id
+            )
+        assert await conn.fetchval("SELECT count(*) FROM trades WHERE id > $1", boundary) == 0
+        detail = json.loads(
+            await conn.fetchval(
+                "SELECT detail FROM migration_progress WHERE task = 'backfill_symbols'"
+            )
+        )
+        assert detail["duplicates_archived"] == len(removed) + len(replays)
+        assert detail["chunks_redone"] >= 1  # a same-time replay met uq_trades_dedup
+        # the set-up's work tables are gone
+        assert await conn.fetchval("SELECT to_regclass('cex_backfill_chunks')") is None
+        assert await conn.fetchval("SELECT to_regclass('cex_backfill_dup_ids')") is None
+    finally:
+        await conn.close()
 
 
 async def test_legacy_rows_violating_a_constraint_are_kept_and_reported(

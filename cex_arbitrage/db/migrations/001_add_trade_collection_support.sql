@@ -347,7 +347,9 @@ $$;
 -- duplicate split meanwhile by another session, makes the chunk's UPDATE
 -- fail on uq_trades_dedup: the chunk is rolled back (a subtransaction) and
 -- done again with every row looked up, which archives the later row and
--- keeps the lowest id.
+-- keeps the lowest id. A row written since the set-up that replays an old
+-- trade at another time meets no unique index; the finishing session
+-- archives those (one lookup each of the rows above the boundary).
 CREATE OR REPLACE PROCEDURE cex_backfill_trade_symbols(p_batch_size integer DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -589,6 +591,9 @@ BEGIN
                                   ORDER BY v LIMIT 100) AS first_ids),
                         'duplicates_archived',
                             (p.detail ->> 'duplicates_archived')::bigint + archived + archived_later,
+                        -- chunks done again after meeting a row split elsewhere meanwhile
+                        'chunks_redone', coalesce((p.detail ->> 'chunks_redone')::bigint, 0)
+                                         + least(attempt, 1),
                         -- the 100 most frequent unsplittable symbols with their row counts
                         'unsplittable_symbols', (
                             SELECT coalesce(jsonb_object_agg(sym, n), '{}'::jsonb)
@@ -639,10 +644,37 @@ BEGIN
                          'another session is finishing the last ones';
             RETURN;
         END IF;
+        -- Rows written since the set-up (ids above the boundary, split by their
+        -- writer) that replay an old trade, at another time than the old row
+        -- (at the same time, uq_trades_dedup made the chunk look them up):
+        -- archived, the old row stays.
+        WITH later AS (
+            SELECT n.id, n."timestamp" AS ts, min(o.id) AS kept
+            FROM trades n
+            JOIN trades o
+              ON o.exchange = n.exchange AND o.symbol_base = n.symbol_base
+             AND o.symbol_quote = n.symbol_quote AND o.trade_id = n.trade_id
+             AND o.trade_id IS NOT NULL AND o.id <= boundary
+            WHERE n.id > boundary AND n.trade_id IS NOT NULL
+            GROUP BY n.id, n."timestamp"
+        ), gone AS (
+            DELETE FROM trades t USING later l
+            WHERE t.id = l.id AND t."timestamp" = l.ts
+            RETURNING t.*, l.kept
+        )
+        INSERT INTO trades_duplicates_removed (
+            id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
+            side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept_id)
+        SELECT id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
+               side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
+        FROM gone;
+        GET DIAGNOSTICS archived_later = ROW_COUNT;
         DROP TABLE IF EXISTS cex_backfill_chunks, cex_backfill_dup_ids;
-        UPDATE migration_progress
-        SET done = true, position = coalesce(boundary::text, position), updated_at = now()
-        WHERE version = '001' AND task = 'backfill_symbols'
+        UPDATE migration_progress p
+        SET done = true, position = coalesce(boundary::text, p.position), updated_at = now(),
+            detail = p.detail || jsonb_build_object(
+                'duplicates_archived', (p.detail ->> 'duplicates_archived')::bigint + archived_later)
+        WHERE p.version = '001' AND p.task = 'backfill_symbols'
         RETURNING * INTO progress;
         COMMIT;
         IF coalesce((progress.detail ->> 'rows_violating_constraints')::bigint, 0) > 0 THEN
