@@ -1059,6 +1059,37 @@ async def test_parallel_step_failing_on_one_session_stops_all_and_resumes(
     assert row["state"] == "applied" and row["last_error"] is None
 
 
+async def test_parallel_step_losing_a_session_is_a_connection_error_and_resumes(
+    db: DatabaseConfig, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    d = write_migrations(tmp_path / "m", {"001_drain.sql": _PARALLEL_DRAIN})
+    settings = MigrationSettings(lock_wait_timeout=10, parallel_sessions=2)
+    await make_runner(db, d, settings=settings).migrate(background=False)
+    task = asyncio.create_task(make_runner(db, d, settings=settings).run_background())
+    for _ in range(200):
+        pids = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query = 'CALL drain();' AND state = 'active'"
+        )
+        if len(pids) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert len(pids) == 2, "both sessions should be draining"
+    await conn.execute("SELECT pg_terminate_backend($1)", pids[1]["pid"])
+
+    with pytest.raises(ConnectionLostError) as info:
+        await asyncio.wait_for(task, 30)
+    assert info.value.exit_code == 8
+    assert "001_drain: step drain" in info.value.message
+    row = (await history(conn))["001"]
+    assert (row["state"], row["statements_done"]) == ("background", 1)
+
+    assert await make_runner(db, d, settings=settings).run_background() == ["001"]
+    rows = await conn.fetch("SELECT runs FROM work")
+    assert len(rows) == 40 and all(r["runs"] == 1 for r in rows)  # each item exactly once
+    assert (await states(conn))["001"] == "applied"
+
+
 async def test_migrate_runs_background_steps_by_default(
     db: DatabaseConfig, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:

@@ -320,12 +320,10 @@ class Executor:
             for _ in range(self.settings.parallel_sessions - 1):
                 try:
                     conn = await self.open_session()
-                except MigrationError:
-                    raise
+                    extra.append(conn)
+                    await self.prepare(conn)
                 except Exception as exc:
                     raise self._wrap(exc, m, step, background) from exc
-                extra.append(conn)
-                await self.prepare(conn)
                 for sql in replay:  # the step's session state, as on the first session
                     await self._statement_with_retry(m, step, sql, background, conn)
             if self.verbose:
