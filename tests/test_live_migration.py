@@ -1,7 +1,7 @@
 """Migration 001 on a live, large legacy database (PRODUCT.md parts 9 and 11).
 
-The story: an engine boots onto a database the legacy collector filled with a
-million trades. `ensure_schema()` returns after the foreground part, the trade
+The story: an engine boots onto a database the legacy collector filled with
+five million trades. `ensure_schema()` returns after the foreground part, the trade
 writer starts at once and its rows land complete and deduplicated while the
 backfill of the old rows runs in the background, visible in `status`. Later:
 an operator's `python -m cex_arbitrage.db.migrate` is SIGKILLed mid-backfill
@@ -14,7 +14,7 @@ must equal the legacy table's, each symbol must split as the Python reference
 (tests/legacy_data.py) says, and the archived duplicates must be exactly the
 replays the reference rule finds.
 
-Sizes: CEX_TEST_LIVE_ROWS legacy rows (default 1,000,000) on plain PostgreSQL,
+Sizes: CEX_TEST_LIVE_ROWS legacy rows (default 5,000,000) on plain PostgreSQL,
 CEX_TEST_LIVE_TS_ROWS (default 200,000) on TimescaleDB. The plain-PostgreSQL
 legacy database is built once per module and copied per test (CREATE DATABASE
 ... TEMPLATE).
@@ -54,7 +54,7 @@ from tests.legacy_data import (
     schema_dump,
 )
 
-ROWS = int(os.environ.get("CEX_TEST_LIVE_ROWS", "1000000"))
+ROWS = int(os.environ.get("CEX_TEST_LIVE_ROWS", "5000000"))
 TS_ROWS = int(os.environ.get("CEX_TEST_LIVE_TS_ROWS", "200000"))
 SMALL = make_legacy_dataset(3_000)  # every spelling, replays, NULL trade_ids, unsplittable
 WRITE_BATCH = 100
