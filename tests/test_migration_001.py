@@ -175,8 +175,6 @@ async def assert_legacy_outcome(conn: asyncpg.Connection, data: LegacyDataset) -
         "SELECT * FROM migration_progress WHERE version = '001' AND task = 'backfill_symbols'"
     )
     assert progress["done"]
-    import json
-
     detail = json.loads(progress["detail"])
     assert detail["unsplittable_rows"] == data.unsplittable_count() > 0
     assert detail["duplicates_archived"] == len(expected_removed)
@@ -377,6 +375,77 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (exchange, symbol_base, symbol_quote, trade_id, "timestamp")
 WHERE trade_id IS NOT NULL DO NOTHING
 """
+
+
+async def test_backfill_left_half_done_by_the_previous_procedure_is_finished(
+    db: DatabaseConfig,
+) -> None:
+    """A database whose backfill the first shipped 001 left half-done: its checkpoint
+    is a plain `position` (everything up to it split, nothing above), with no chunk
+    table. The current procedure starts its chunks above that position and keeps the
+    counters."""
+    data = dataset(20_000)
+    await prepare_legacy(db, data)
+    result = await run_psql(db, file=MIGRATION_000)
+    assert result.returncode == 0, result.stderr
+    result = await run_steps_psql(db, FOREGROUND_STEPS)
+    assert result.returncode == 0, result.stderr
+    # Half a backfill by one session, then its state put back into the old shape.
+    result = await run_psql(db, sql="CALL cex_backfill_trade_symbols(1000)", timeout=120)
+    assert result.returncode == 0, result.stderr
+    conn = await connect(db)
+    try:
+        half = sorted(data.by_id)[len(data.by_id) // 2]
+        # undo the upper half: un-split it, put its archived duplicates back (as the
+        # legacy rows they were: the fill trigger must not split them)
+        await conn.execute("ALTER TABLE trades DISABLE TRIGGER USER")
+        await conn.execute(
+            "INSERT INTO trades (id, timestamp, exchange, symbol, price, quantity, side, trade_id) "
+            "SELECT id, timestamp, exchange, symbol, price, quantity, side, trade_id "
+            "FROM trades_duplicates_removed WHERE id > $1",
+            half,
+        )
+        await conn.execute("DELETE FROM trades_duplicates_removed WHERE id > $1", half)
+        await conn.execute(
+            "UPDATE trades SET symbol_base = NULL, symbol_quote = NULL WHERE id > $1", half
+        )
+        await conn.execute("ALTER TABLE trades ENABLE TRIGGER USER")
+        archived_below = await conn.fetchval("SELECT count(*) FROM trades_duplicates_removed")
+        below = await conn.fetchrow(
+            "SELECT count(*) AS n, count(*) FILTER (WHERE symbol_base IS NULL) AS unsplit "
+            "FROM trades WHERE id <= $1",
+            half,
+        )
+        await conn.execute(
+            "UPDATE migration_progress SET done = false, position = $1::text, rows_done = $2, "
+            "detail = jsonb_build_object('boundary_id', $3::bigint, 'rows_split', $4::bigint, "
+            "'unsplittable_rows', $5::bigint, 'unsplittable_symbols', '{}'::jsonb, "
+            "'duplicates_archived', $6::bigint) WHERE task = 'backfill_symbols'",
+            str(half),
+            below["n"] + archived_below,
+            max(data.by_id),
+            below["n"] - below["unsplit"],
+            below["unsplit"],
+            archived_below,
+        )
+
+        above = await conn.fetchval("SELECT count(*) FROM trades WHERE id > $1", half)
+
+        result = await run_steps_psql(
+            db, BACKGROUND_STEPS, options="-c cex.backfill_batch_size=1000"
+        )
+        assert result.returncode == 0, result.stderr
+        await assert_legacy_outcome(conn, data)
+        progress = await conn.fetchrow(
+            "SELECT rows_done, rows_total, position, detail FROM migration_progress "
+            "WHERE task = 'backfill_symbols'"
+        )
+        assert progress["rows_done"] == len(data.by_id)
+        assert int(progress["position"]) == max(data.by_id)
+        # chunks cover only the ids above the old checkpoint
+        assert json.loads(progress["detail"])["chunks"] == -(-above // 1000)
+    finally:
+        await conn.close()
 
 
 async def exercise_writes_between_foreground_and_background(
