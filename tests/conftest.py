@@ -67,14 +67,20 @@ async def drop_database(admin: DatabaseConfig, config: DatabaseConfig) -> None:
         await conn.close()
 
 
-@pytest.fixture
-async def db(admin_config: DatabaseConfig) -> AsyncIterator[DatabaseConfig]:
-    """A fresh, empty database, dropped after the test."""
-    config = await create_database(admin_config)
+async def fresh_database(admin: DatabaseConfig) -> AsyncIterator[DatabaseConfig]:
+    """A fresh, empty database, dropped afterwards."""
+    config = await create_database(admin)
     try:
         yield config
     finally:
-        await drop_database(admin_config, config)
+        await drop_database(admin, config)
+
+
+@pytest.fixture
+async def db(admin_config: DatabaseConfig) -> AsyncIterator[DatabaseConfig]:
+    """A fresh, empty database, dropped after the test."""
+    async for config in fresh_database(admin_config):
+        yield config
 
 
 @pytest.fixture

@@ -24,8 +24,7 @@ from cex_arbitrage.db.migrations.run_migrations import MigrationRunner
 from cex_arbitrage.db.migrations.source import DirectorySource
 from cex_arbitrage.db.structs import DatabaseConfig
 from tests.conftest import (
-    create_database,
-    drop_database,
+    fresh_database,
     pg_env,
     run_cli_process,
     timescale_database,
@@ -70,11 +69,8 @@ def migrations_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def second_db(admin_config: DatabaseConfig) -> AsyncIterator[DatabaseConfig]:
-    config = await create_database(admin_config)
-    try:
+    async for config in fresh_database(admin_config):
         yield config
-    finally:
-        await drop_database(admin_config, config)
 
 
 @pytest.fixture
@@ -135,6 +131,30 @@ async def normalised_schema(config: DatabaseConfig) -> list[str]:
 async def trades_by_id(conn: asyncpg.Connection) -> dict[int, asyncpg.Record]:
     rows = await conn.fetch("SELECT * FROM trades")
     return {r["id"]: r for r in rows}
+
+
+async def legacy_after_foreground(config: DatabaseConfig, n: int = 20_000) -> LegacyDataset:
+    """A legacy database of n trades with 000 and 001's foreground part run by psql:
+    the state the background part starts from."""
+    data = dataset(n)
+    await prepare_legacy(config, data)
+    result = await run_psql(config, file=MIGRATION_000)
+    assert result.returncode == 0, result.stderr
+    result = await run_steps_psql(config, FOREGROUND_STEPS)
+    assert result.returncode == 0, result.stderr
+    return data
+
+
+async def start_backfill_psql(
+    config: DatabaseConfig, *, batch_size: int, sleep_ms: int
+) -> asyncio.subprocess.Process:
+    """psql CALLing the backfill in small, paced batches, for a test to act on midway."""
+    options = f"-c cex.backfill_batch_size={batch_size} -c cex.backfill_sleep_ms={sleep_ms}"
+    return await asyncio.create_subprocess_exec(
+        "psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "CALL cex_backfill_trade_symbols()",
+        env=pg_env(config, {"PGOPTIONS": options}),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
 
 
 async def assert_legacy_outcome(conn: asyncpg.Connection, data: LegacyDataset) -> None:
@@ -307,19 +327,10 @@ async def test_psql_file_gives_the_same_schema_as_the_runner(
 
 
 async def test_backfill_resumes_after_its_session_is_killed(db: DatabaseConfig) -> None:
-    data = dataset(20_000)
-    await prepare_legacy(db, data)
-    result = await run_psql(db, file=MIGRATION_000)
-    assert result.returncode == 0, result.stderr
-    result = await run_steps_psql(db, FOREGROUND_STEPS)
-    assert result.returncode == 0, result.stderr
+    data = await legacy_after_foreground(db)
 
     # psql CALLs the backfill with small batches and a pause; we SIGKILL it midway.
-    env = pg_env(db, {"PGOPTIONS": "-c cex.backfill_batch_size=500 -c cex.backfill_sleep_ms=30"})
-    process = await asyncio.create_subprocess_exec(
-        "psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "CALL cex_backfill_trade_symbols()",
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    process = await start_backfill_psql(db, batch_size=500, sleep_ms=30)
     conn = await connect(db)
     try:
         position = None
@@ -332,7 +343,7 @@ async def test_backfill_resumes_after_its_session_is_killed(db: DatabaseConfig) 
                 break
         assert position is not None and position >= 5_000, "the backfill did not get going"
         process.send_signal(signal.SIGKILL)
-        await process.wait()
+        await process.communicate()
         # the server ends that session when it next writes to the dead client
         for _ in range(200):
             busy = await conn.fetchval(
@@ -384,12 +395,7 @@ async def test_backfill_left_half_done_by_the_previous_procedure_is_finished(
     is a plain `position` (everything up to it split, nothing above), with no chunk
     table. The current procedure starts its chunks above that position and keeps the
     counters."""
-    data = dataset(20_000)
-    await prepare_legacy(db, data)
-    result = await run_psql(db, file=MIGRATION_000)
-    assert result.returncode == 0, result.stderr
-    result = await run_steps_psql(db, FOREGROUND_STEPS)
-    assert result.returncode == 0, result.stderr
+    data = await legacy_after_foreground(db)
     # Half a backfill by one session, then its state put back into the old shape.
     result = await run_psql(db, sql="CALL cex_backfill_trade_symbols(1000)", timeout=120)
     assert result.returncode == 0, result.stderr
@@ -519,11 +525,7 @@ async def exercise_writes_between_foreground_and_background(
 
 
 async def test_writes_during_the_background_part_are_deduplicated(db: DatabaseConfig) -> None:
-    data = dataset(20_000)
-    await prepare_legacy(db, data)
-    await run_psql(db, file=MIGRATION_000)
-    result = await run_steps_psql(db, FOREGROUND_STEPS)
-    assert result.returncode == 0, result.stderr
+    data = await legacy_after_foreground(db)
     await exercise_writes_between_foreground_and_background(db, data)
 
 
@@ -531,17 +533,8 @@ async def test_trades_replayed_while_the_backfill_runs_are_archived(db: Database
     """Collectors write after the backfill's set-up: a replay of an old trade at the same
     time makes a chunk's UPDATE meet uq_trades_dedup (the chunk is redone looking every
     row up); one at another time is archived by the finishing sweep. The old row stays."""
-    data = dataset(20_000)
-    await prepare_legacy(db, data)
-    result = await run_psql(db, file=MIGRATION_000)
-    assert result.returncode == 0, result.stderr
-    result = await run_steps_psql(db, FOREGROUND_STEPS)
-    assert result.returncode == 0, result.stderr
-    env = pg_env(db, {"PGOPTIONS": "-c cex.backfill_batch_size=500 -c cex.backfill_sleep_ms=50"})
-    process = await asyncio.create_subprocess_exec(
-        "psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "CALL cex_backfill_trade_symbols()",
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    data = await legacy_after_foreground(db)
+    process = await start_backfill_psql(db, batch_size=500, sleep_ms=50)
     conn = await connect(db)
     try:
         for _ in range(400):

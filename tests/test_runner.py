@@ -991,6 +991,25 @@ CALL drain();
 """
 
 
+async def other_sessions_gone(conn: asyncpg.Connection) -> bool:
+    """True once no session but `conn` is on the test database (the server ends a
+    cancelled or closed session a moment after the client lets go)."""
+    for _ in range(50):
+        left = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        if not left:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def assert_every_item_done_once(conn: asyncpg.Connection) -> None:
+    rows = await conn.fetch("SELECT runs FROM work")
+    assert len(rows) == 40 and all(r["runs"] == 1 for r in rows)
+
+
 @pytest.mark.parametrize("sessions", [1, 3])
 async def test_parallel_step_runs_on_the_configured_number_of_sessions(
     db: DatabaseConfig, conn: asyncpg.Connection, tmp_path: Path, sessions: int
@@ -1003,22 +1022,15 @@ async def test_parallel_step_runs_on_the_configured_number_of_sessions(
     )
     await runner.migrate()
 
-    rows = await conn.fetch("SELECT done_by, tag, runs FROM work")
-    assert len(rows) == 40 and all(r["runs"] == 1 for r in rows)  # each item exactly once
+    await assert_every_item_done_once(conn)
+    rows = await conn.fetch("SELECT done_by, tag FROM work")
     # the session statement ran on every session before the shared statement
     assert {r["tag"] for r in rows} == {"drainer"}
     assert len({r["done_by"] for r in rows}) == sessions
     assert (await states(conn))["001"] == "applied"
     on_many = [s for s in said if "running on 3 sessions at once" in s]
     assert len(on_many) == (2 if sessions == 3 else 0)  # both statements of the step
-    # no session of the runner is left behind
-    assert (
-        await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        == 0
-    )
+    assert await other_sessions_gone(conn)  # no session of the runner is left behind
 
 
 async def test_parallel_step_failing_on_one_session_stops_all_and_resumes(
@@ -1038,23 +1050,14 @@ async def test_parallel_step_failing_on_one_session_stops_all_and_resumes(
     assert row["state"] == "background" and "poisoned item 20" in row["last_error"]
     assert row["statements_done"] == 1  # the session statement; the CALL resumes
     # the other session was stopped: nothing runs on, and item 20 is not done
-    for _ in range(50):
-        left = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        if not left:
-            break
-        await asyncio.sleep(0.1)
-    assert left == 0
+    assert await other_sessions_gone(conn)
     done = await conn.fetchval("SELECT count(*) FROM work WHERE done_by IS NOT NULL")
     assert 0 < done < 40
     assert await conn.fetchval("SELECT done_by FROM work WHERE n = 20") is None
 
     await conn.execute("DELETE FROM poison")
     assert await make_runner(db, d, settings=settings).run_background() == ["001"]
-    rows = await conn.fetch("SELECT runs FROM work")
-    assert len(rows) == 40 and all(r["runs"] == 1 for r in rows)
+    await assert_every_item_done_once(conn)
     row = (await history(conn))["001"]
     assert row["state"] == "applied" and row["last_error"] is None
 
@@ -1085,9 +1088,44 @@ async def test_parallel_step_losing_a_session_is_a_connection_error_and_resumes(
     assert (row["state"], row["statements_done"]) == ("background", 1)
 
     assert await make_runner(db, d, settings=settings).run_background() == ["001"]
-    rows = await conn.fetch("SELECT runs FROM work")
-    assert len(rows) == 40 and all(r["runs"] == 1 for r in rows)  # each item exactly once
+    await assert_every_item_done_once(conn)
     assert (await states(conn))["001"] == "applied"
+
+
+async def test_parallel_step_that_cannot_open_its_sessions_says_so_and_resumes(
+    admin_config: DatabaseConfig, db: DatabaseConfig, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """A role allowed one connection: the runner's own works, the parallel step's second
+    session is refused by the server."""
+    role = f"cex_onecon_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(**admin_config.connect_kwargs())
+    await admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 1')
+    try:
+        await conn.execute(f'GRANT CREATE ON SCHEMA public TO "{role}"')
+        d = write_migrations(tmp_path / "m", {"001_drain.sql": _PARALLEL_DRAIN})
+        settings = MigrationSettings(lock_wait_timeout=10, parallel_sessions=2)
+        as_role = dataclasses.replace(db, user=role)
+        await make_runner(as_role, d, settings=settings).migrate(background=False)
+
+        with pytest.raises(ConnectError) as info:
+            await make_runner(as_role, d, settings=settings).run_background()
+        assert info.value.exit_code == 3
+        assert "001_drain: step drain: could not open session 2 of the 2" in info.value.message
+        assert "too many connections" in info.value.message
+        assert "migrations.parallel_sessions" in info.value.message
+        row = (await history(conn))["001"]
+        # the foreground step is done; the parallel step has not started a statement
+        assert (row["state"], row["steps_done"], row["statements_done"]) == ("background", 1, 0)
+        assert await conn.fetchval("SELECT count(*) FROM work WHERE runs > 0") == 0
+
+        # The ways out the message names: more connections (or fewer sessions).
+        await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT 2')
+        assert await make_runner(as_role, d, settings=settings).run_background() == ["001"]
+        await assert_every_item_done_once(conn)
+    finally:
+        await conn.execute(f'DROP OWNED BY "{role}"')
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
 
 
 async def test_migrate_runs_background_steps_by_default(

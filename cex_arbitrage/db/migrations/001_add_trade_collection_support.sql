@@ -434,7 +434,6 @@ BEGIN
         id          bigint,
         ts          timestamptz,
         exchange    varchar(50),
-        symbol      varchar(50),
         trade_id    varchar(100),
         parts       text[],
         keep_id     bigint,      -- lowest id of the trade: the row that stays
@@ -477,9 +476,9 @@ BEGIN
                 -- (other chunks, new writes; found through uq_trades_dedup).
                 archived := 0;
                 archived_later := 0;
-                INSERT INTO cex_backfill_batch (id, ts, exchange, symbol, trade_id, parts, keep_id, settled_max)
+                INSERT INTO cex_backfill_batch (id, ts, exchange, trade_id, parts, keep_id, settled_max)
                 WITH src AS MATERIALIZED (
-                    SELECT t.id, t."timestamp" AS ts, t.exchange, t.symbol, t.trade_id, m.parts
+                    SELECT t.id, t."timestamp" AS ts, t.exchange, t.trade_id, m.parts
                     FROM trades t
                     JOIN cex_backfill_symbols m ON m.symbol = t.symbol AND m.parts IS NOT NULL
                     WHERE t.id > c_lo AND t.id <= c_hi AND t.symbol_base IS NULL
@@ -492,7 +491,7 @@ BEGIN
                     GROUP BY exchange, parts, trade_id
                     HAVING count(*) > 1
                 )
-                SELECT k.id, k.ts, k.exchange, k.symbol, k.trade_id, k.parts,
+                SELECT k.id, k.ts, k.exchange, k.trade_id, k.parts,
                        least(coalesce(r.first_id, k.id), s.min_id), s.max_id
                 FROM src k
                 LEFT JOIN repeated r

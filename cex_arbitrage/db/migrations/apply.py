@@ -24,6 +24,7 @@ import asyncpg
 
 from cex_arbitrage.db.migrations import history as hist
 from cex_arbitrage.db.migrations.errors import (
+    ConnectError,
     ConnectionLostError,
     LockTimeoutError,
     MigrationError,
@@ -316,13 +317,23 @@ class Executor:
         """
         extra: list[asyncpg.Connection] = []
         assert self.open_session is not None
+        wanted = self.settings.parallel_sessions
         try:
-            for _ in range(self.settings.parallel_sessions - 1):
+            for number in range(2, wanted + 1):  # the runner's own session is number 1
                 try:
                     conn = await self.open_session()
                     extra.append(conn)
                     await self.prepare(conn)
                 except Exception as exc:
+                    if is_connection_lost(exc) or isinstance(exc, ConnectError):
+                        reason = exc.message if isinstance(exc, MigrationError) else str(exc)
+                        raise ConnectError(
+                            f"{self.database}: {m.label}: step {step.name}: could not open "
+                            f"session {number} of the {wanted} this parallel step runs "
+                            f"on ({reason}). Allow more connections, or lower "
+                            "migrations.parallel_sessions; statements before it are done, run "
+                            "again to resume here"
+                        ) from exc
                     raise self._wrap(exc, m, step, background) from exc
                 for sql in replay:  # the step's session state, as on the first session
                     await self._statement_with_retry(m, step, sql, background, conn)
