@@ -48,7 +48,7 @@ from bench._common import (
 from cex_arbitrage.collectors import Trade, TradeWriter
 from cex_arbitrage.config import MigrationSettings, database_from_url
 from cex_arbitrage.db.migrations import MigrationRunner
-from cex_arbitrage.db.migrations.source import PackageSource, load_migrations
+from cex_arbitrage.db.migrator.source import PackageSource, load_migrations
 from cex_arbitrage.db.structs import DatabaseConfig
 
 LEGACY_SCHEMA = Path(__file__).resolve().parent.parent / "tests" / "legacy-schema.sql"
@@ -120,7 +120,11 @@ async def fill_legacy(db: DatabaseConfig, rows: int) -> None:
 
 def split_function_sql() -> str:
     """CREATE FUNCTION cex_split_symbol as migration 001 ships it."""
-    m001 = next(m for m in load_migrations(PackageSource()) if m.version == "001")
+    m001 = next(
+        m
+        for m in load_migrations(PackageSource("cex_arbitrage.db.migrations"))
+        if m.version == "001"
+    )
     for step in m001.steps:
         for statement in step.statements:
             if "FUNCTION cex_split_symbol" in statement:

@@ -19,8 +19,8 @@ import asyncpg
 
 from cex_arbitrage.collectors import WriteError
 from cex_arbitrage.config import AppConfig, load_config
-from cex_arbitrage.db.migrations.errors import ExitCode, MigrationError
 from cex_arbitrage.engine import TRADES, Engine, EngineSources, fetch_ohlcv
+from cex_arbitrage.errors import ExitCode, MigrationError
 
 SAMPLE = "sample"
 _PLACES = Decimal("1e-8")
@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cex_arbitrage",
         description="cex_arbitrage engine: migrate the schema, then collect market data.",
+        epilog=(
+            "To migrate or inspect the schema without starting the engine, use the migrate "
+            "CLI: `python -m cex_arbitrage.db.migrate` (also ./migrate.sh and cex-migrate; "
+            "`python -m cex_arbitrage.db.migrate --help` lists its commands)."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import os
 import random
 import re
@@ -29,7 +30,9 @@ from pathlib import Path
 
 import asyncpg
 
-from cex_arbitrage.db.migrations.script import Migration, parse_migration, split_statements
+from cex_arbitrage.db.migrator.model import Migration
+from cex_arbitrage.db.migrator.parse import parse_migration
+from cex_arbitrage.db.migrator.split import split_statements
 from cex_arbitrage.db.structs import DatabaseConfig
 from tests.conftest import pg_env
 
@@ -39,6 +42,10 @@ MIGRATIONS = REPO / "cex_arbitrage" / "db" / "migrations"
 LEGACY_SCHEMA = TESTS / "legacy-schema.sql"
 MIGRATION_000 = MIGRATIONS / "000_create_migration_infrastructure.sql"
 MIGRATION_001 = MIGRATIONS / "001_add_trade_collection_support.sql"
+# The routines 001 calls: psql runs them after 000 and before 001 (README, manual SQL).
+ROUTINES = tuple(sorted(MIGRATIONS.glob("R__*.sql")))
+# Everything an operator runs by hand for 001, in order.
+PSQL_ORDER_001 = (MIGRATION_000, *ROUTINES, MIGRATION_001)
 
 # The two lines the legacy file leaves commented out ("only where the
 # timescaledb extension is installed").
@@ -441,7 +448,7 @@ async def _run_psql_text(
 FOREGROUND_STEPS = (
     "tables",
     "columns",
-    "functions",
+    "archive_table",
     "dedup_index",
     "write_path",
     "aggregates",
@@ -527,3 +534,71 @@ async def timescale_summary(conn: asyncpg.Connection) -> dict[str, object]:
         "caggs": [tuple(r) for r in caggs],
         "jobs": [(r[0], r[1], r[2], str(r[3])) for r in jobs],
     }
+
+
+async def run_psql_000_and_routines(config: DatabaseConfig, options: str | None = None) -> None:
+    """psql -f 000 and the routines 001 calls: the state before 001's own steps."""
+    for path in (MIGRATION_000, *ROUTINES):
+        result = await run_psql(config, file=path, options=options)
+        assert result.returncode == 0, result.stderr
+
+
+async def trades_by_id(conn: asyncpg.Connection) -> dict[int, asyncpg.Record]:
+    rows = await conn.fetch("SELECT * FROM trades")
+    return {r["id"]: r for r in rows}
+
+
+async def assert_legacy_outcome(conn: asyncpg.Connection, data: LegacyDataset) -> None:
+    """Every legacy row is in trades or in the archive, split as the rules say."""
+    trades = await trades_by_id(conn)
+    archived = {r["id"]: r for r in await conn.fetch("SELECT * FROM trades_duplicates_removed")}
+    expected_split = data.expected_split()
+    expected_removed = data.expected_removed()
+    assert expected_removed, "the data set has duplicates"
+    assert set(archived) == set(expected_removed)
+    for legacy_id, row in data.by_id.items():
+        if legacy_id in expected_removed:
+            assert legacy_id not in trades
+            gone = archived[legacy_id]
+            assert gone["kept_id"] == expected_removed[legacy_id]
+            assert gone["kept_id"] in trades
+            assert (gone["symbol"], gone["price"], gone["quantity"], gone["trade_id"]) == (
+                row[3],
+                row[4],
+                row[5],
+                row[7],
+            )
+            continue
+        got = trades[legacy_id]
+        # untouched legacy columns
+        assert (got["timestamp"], got["exchange"], got["symbol"], got["trade_id"]) == (
+            *row[1:4],
+            row[7],
+        )
+        assert (got["price"], got["quantity"], got["side"]) == (row[4], row[5], row[6])
+        parts = expected_split[legacy_id]
+        assert (got["symbol_base"], got["symbol_quote"]) == (parts or (None, None)), row
+    assert set(trades) >= set(data.by_id) - set(expected_removed)
+    # rows without trade_id are all kept, identical ones included
+    no_tid = [i for i, r in data.by_id.items() if r[7] is None]
+    assert no_tid and all(i in trades for i in no_tid)
+    progress = await conn.fetchrow(
+        "SELECT * FROM migration_progress WHERE version = '001' AND task = 'backfill_symbols'"
+    )
+    assert progress["done"]
+    detail = json.loads(progress["detail"])
+    assert detail["unsplittable_rows"] == data.unsplittable_count() > 0
+    assert detail["duplicates_archived"] == len(expected_removed)
+    assert set(detail["unsplittable_symbols"]) <= {str(r[3]) for r in data.trades}
+
+
+async def prepare_legacy(
+    config: DatabaseConfig, data: LegacyDataset | None, *, hypertables: bool = False
+) -> None:
+    conn = await asyncpg.connect(**config.connect_kwargs())
+    try:
+        await create_legacy_schema(conn, hypertables=hypertables)
+        if data is not None:
+            await load_legacy_dataset(conn, data)
+    finally:
+        await conn.close()

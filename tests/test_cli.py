@@ -26,9 +26,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cex_arbitrage.db.migrations.errors import ExitCode
-from cex_arbitrage.db.migrations.lock import LOCK_NAMESPACE, MIGRATE_LOCK
+from cex_arbitrage.db.migrator.lock import LOCK_NAMESPACE, MIGRATE_LOCK
 from cex_arbitrage.db.structs import DatabaseConfig
+from cex_arbitrage.errors import ExitCode
 from tests.conftest import REPO, CliRunner, pg_env, write_migrations
 
 PACKAGE_DIR = REPO / "cex_arbitrage" / "db" / "migrations"
@@ -47,7 +47,7 @@ JSON_FIELDS = {
 
 def package_versions() -> list[str]:
     """Versions of the migrations shipped in the package, as the runner orders them."""
-    versions = [p.name.split("_", 1)[0] for p in PACKAGE_DIR.glob("*.sql")]
+    versions = [p.name.split("_", 1)[0] for p in PACKAGE_DIR.glob("[0-9]*.sql")]
     return sorted(versions, key=lambda v: (int(v), v))
 
 
@@ -78,7 +78,9 @@ async def history(db: DatabaseConfig) -> dict[str, asyncpg.Record] | None:
     """migration_history by version, or None when the table does not exist."""
     if not await has_table(db, "public.migration_history"):
         return None
-    rows = await fetch(db, "SELECT * FROM migration_history ORDER BY version")
+    rows = await fetch(
+        db, "SELECT * FROM migration_history WHERE version ~ '^[0-9]+$' ORDER BY version"
+    )
     return {r["version"]: r for r in rows}
 
 
@@ -213,7 +215,10 @@ async def test_status_json_is_valid_json_with_every_field(
     assert before.returncode == ExitCode.OK, explain(before)
     data = json.loads(before.stdout)
     assert data["needs_attention"] is True
-    assert [m["version"] for m in data["migrations"]] == package_versions()
+    versioned = [m["version"] for m in data["migrations"] if not m["version"].startswith("R__")]
+    assert versioned == package_versions()
+    routines = sorted(p.name.removesuffix(".sql") for p in PACKAGE_DIR.glob("R__*.sql"))
+    assert [m["version"] for m in data["migrations"] if m["version"].startswith("R__")] == routines
     for m in data["migrations"]:
         assert set(m) >= JSON_FIELDS, m
     assert data["migrations"][0]["state"] == "pending"

@@ -17,10 +17,10 @@ import asyncpg
 import pytest
 
 from cex_arbitrage.config import MigrationSettings
-from cex_arbitrage.db.migrations.errors import ExitCode
 from cex_arbitrage.db.migrations.run_migrations import MigrationRunner, RunResult
-from cex_arbitrage.db.migrations.source import DirectorySource
+from cex_arbitrage.db.migrator.source import DirectorySource
 from cex_arbitrage.db.structs import DatabaseConfig
+from cex_arbitrage.errors import ExitCode
 from tests.conftest import REPO, write_migrations
 
 PACKAGE_DIR = REPO / "cex_arbitrage" / "db" / "migrations"
@@ -50,7 +50,7 @@ INSERT INTO applied_count VALUES ('003', 1)
 
 
 def package_versions() -> list[str]:
-    versions = [p.name.split("_", 1)[0] for p in PACKAGE_DIR.glob("*.sql")]
+    versions = [p.name.split("_", 1)[0] for p in PACKAGE_DIR.glob("[0-9]*.sql")]
     return sorted(versions, key=lambda v: (int(v), v))
 
 
@@ -60,7 +60,7 @@ async def recorded(db: DatabaseConfig) -> list[asyncpg.Record]:
         return list(
             await conn.fetch(
                 "SELECT version, state, count(*) OVER (PARTITION BY version) AS n "
-                "FROM migration_history ORDER BY version"
+                "FROM migration_history WHERE version ~ '^[0-9]+$' ORDER BY version"
             )
         )
     finally:
@@ -247,7 +247,10 @@ async def test_waiting_runners_do_not_block_create_index_concurrently_in_the_hol
             "JOIN pg_class c ON c.oid = i.indexrelid "
             "WHERE i.indrelid = 'events'::regclass AND NOT i.indisprimary ORDER BY c.relname"
         )
-        rows = await conn.fetch("SELECT version, state FROM migration_history ORDER BY version")
+        rows = await conn.fetch(
+            "SELECT version, state FROM migration_history "
+            "WHERE version ~ '^[0-9]+$' ORDER BY version"
+        )
     finally:
         await conn.close()
     assert [(r["relname"], r["indisvalid"]) for r in indexes] == [

@@ -15,8 +15,8 @@ from cex_arbitrage.config import (
     database_from_url,
     load_config,
 )
-from cex_arbitrage.db.migrations.errors import ConfigError, ExitCode
 from cex_arbitrage.db.structs import DatabaseConfig
+from cex_arbitrage.errors import ConfigError, ExitCode
 from tests.conftest import pg_env
 
 SECRET = "s3cr3t-Pa55"
@@ -232,7 +232,8 @@ def test_every_section_is_read(tmp_path: Path) -> None:
           max_retries: 0
         """,
     )
-    config = load_config(env={}, cwd=tmp_path)
+    # order_books is not a DEFAULT_FEATURES name: a migration set must declare it.
+    config = load_config(env={}, cwd=tmp_path, known_features=["trade_collection", "order_books"])
     assert config.feature_enabled("trade_collection") is False
     assert config.feature_enabled("order_books") is True
     assert config.migrations == MigrationSettings(

@@ -24,10 +24,10 @@ import pytest
 
 from cex_arbitrage.config import AppConfig, load_config
 from cex_arbitrage.db.migrations import DirectorySource, PackageSource
-from cex_arbitrage.db.migrations.errors import ChecksumMismatchError, MigrationError
-from cex_arbitrage.db.migrations.source import load_migrations
+from cex_arbitrage.db.migrator.source import load_migrations
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.engine import TRADE_FEATURE, Engine, EngineSources
+from cex_arbitrage.errors import ChecksumMismatchError, MigrationError
 
 from .conftest import REPO, pg_env
 
@@ -61,15 +61,21 @@ def sample_line(kind: str) -> str:
 
 
 def trade_migrations() -> list[str]:
-    return [m.version for m in load_migrations(PackageSource()) if m.feature == TRADE_FEATURE]
+    return [
+        m.version
+        for m in load_migrations(PackageSource("cex_arbitrage.db.migrations"))
+        if m.feature == TRADE_FEATURE
+    ]
 
 
 def all_migrations() -> list[str]:
-    return [m.version for m in load_migrations(PackageSource())]
+    return [m.version for m in load_migrations(PackageSource("cex_arbitrage.db.migrations"))]
 
 
 async def history(conn: asyncpg.Connection) -> dict[str, str]:
-    rows = await conn.fetch("SELECT version, state FROM migration_history ORDER BY version")
+    rows = await conn.fetch(
+        "SELECT version, state FROM migration_history WHERE version ~ '^[0-9]+$' ORDER BY version"
+    )
     return {r["version"]: r["state"] for r in rows}
 
 

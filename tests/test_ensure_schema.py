@@ -12,9 +12,9 @@ import pytest
 
 from cex_arbitrage.config import MigrationSettings
 from cex_arbitrage.db.migrations import DirectorySource, ensure_schema
-from cex_arbitrage.db.migrations.errors import ConnectError, ExitCode, SchemaNotReadyError
-from cex_arbitrage.db.migrations.lock import LOCK_NAMESPACE, MIGRATE_LOCK
+from cex_arbitrage.db.migrator.lock import LOCK_NAMESPACE, MIGRATE_LOCK
 from cex_arbitrage.db.structs import DatabaseConfig
+from cex_arbitrage.errors import ConnectError, ExitCode, SchemaNotReadyError
 
 from .conftest import write_migrations
 
@@ -26,7 +26,9 @@ FEATURE_SET = {
 
 
 async def versions(conn: asyncpg.Connection) -> list[str]:
-    rows = await conn.fetch("SELECT version FROM migration_history ORDER BY version")
+    rows = await conn.fetch(
+        "SELECT version FROM migration_history WHERE version ~ '^[0-9]+$' ORDER BY version"
+    )
     return [r["version"] for r in rows]
 
 

@@ -671,7 +671,8 @@ async def outcome(conn: asyncpg.Connection) -> dict[str, object]:
         "history": [
             tuple(r)
             for r in await conn.fetch(
-                "SELECT version, state FROM migration_history ORDER BY version"
+                "SELECT version, state FROM migration_history "
+                "WHERE version ~ '^[0-9]+$' ORDER BY version"
             )
         ],
     }

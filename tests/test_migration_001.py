@@ -21,7 +21,7 @@ import pytest
 
 from cex_arbitrage.config import MigrationSettings
 from cex_arbitrage.db.migrations.run_migrations import MigrationRunner
-from cex_arbitrage.db.migrations.source import DirectorySource
+from cex_arbitrage.db.migrator.source import DirectorySource
 from cex_arbitrage.db.structs import DatabaseConfig
 from tests.conftest import (
     fresh_database,
@@ -32,20 +32,22 @@ from tests.conftest import (
 from tests.legacy_data import (
     BACKGROUND_STEPS,
     FOREGROUND_STEPS,
-    MIGRATION_000,
     MIGRATION_001,
+    PSQL_ORDER_001,
     SPLIT_CASES,
     LegacyDataset,
-    create_legacy_schema,
+    assert_legacy_outcome,
     dump_difference,
-    load_legacy_dataset,
     make_legacy_dataset,
     normalise_dump,
+    prepare_legacy,
     reference_split,
     run_psql,
+    run_psql_000_and_routines,
     run_steps_psql,
     schema_dump,
     timescale_summary,
+    trades_by_id,
 )
 
 _DATASETS: dict[int, LegacyDataset] = {}
@@ -62,7 +64,7 @@ def migrations_dir(tmp_path: Path) -> Path:
     """000 and 001 only, so these tests do not depend on later migrations."""
     directory = tmp_path / "migrations"
     directory.mkdir()
-    for src in (MIGRATION_000, MIGRATION_001):
+    for src in PSQL_ORDER_001:
         shutil.copy(src, directory / src.name)
     return directory
 
@@ -81,18 +83,6 @@ async def second_ts_db(timescale_admin: DatabaseConfig) -> AsyncIterator[Databas
 
 async def connect(config: DatabaseConfig) -> asyncpg.Connection:
     return await asyncpg.connect(**config.connect_kwargs())
-
-
-async def prepare_legacy(
-    config: DatabaseConfig, data: LegacyDataset | None, *, hypertables: bool = False
-) -> None:
-    conn = await connect(config)
-    try:
-        await create_legacy_schema(conn, hypertables=hypertables)
-        if data is not None:
-            await load_legacy_dataset(conn, data)
-    finally:
-        await conn.close()
 
 
 def runner(
@@ -118,7 +108,7 @@ async def apply_with_runner(
 
 async def apply_with_psql(config: DatabaseConfig, options: str | None = None) -> str:
     """psql -f 000, then 001, as an operator does; returns 001's stderr (NOTICEs)."""
-    for path in (MIGRATION_000, MIGRATION_001):
+    for path in PSQL_ORDER_001:
         result = await run_psql(config, file=path, options=options)
         assert result.returncode == 0, result.stderr
     return result.stderr
@@ -128,18 +118,12 @@ async def normalised_schema(config: DatabaseConfig) -> list[str]:
     return normalise_dump(await schema_dump(config))
 
 
-async def trades_by_id(conn: asyncpg.Connection) -> dict[int, asyncpg.Record]:
-    rows = await conn.fetch("SELECT * FROM trades")
-    return {r["id"]: r for r in rows}
-
-
 async def legacy_after_foreground(config: DatabaseConfig, n: int = 20_000) -> LegacyDataset:
     """A legacy database of n trades with 000 and 001's foreground part run by psql:
     the state the background part starts from."""
     data = dataset(n)
     await prepare_legacy(config, data)
-    result = await run_psql(config, file=MIGRATION_000)
-    assert result.returncode == 0, result.stderr
+    await run_psql_000_and_routines(config)
     result = await run_steps_psql(config, FOREGROUND_STEPS)
     assert result.returncode == 0, result.stderr
     return data
@@ -155,50 +139,6 @@ async def start_backfill_psql(
         env=pg_env(config, {"PGOPTIONS": options}),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-
-
-async def assert_legacy_outcome(conn: asyncpg.Connection, data: LegacyDataset) -> None:
-    """Every legacy row is in trades or in the archive, split as the rules say."""
-    trades = await trades_by_id(conn)
-    archived = {r["id"]: r for r in await conn.fetch("SELECT * FROM trades_duplicates_removed")}
-    expected_split = data.expected_split()
-    expected_removed = data.expected_removed()
-    assert expected_removed, "the data set has duplicates"
-    assert set(archived) == set(expected_removed)
-    for legacy_id, row in data.by_id.items():
-        if legacy_id in expected_removed:
-            assert legacy_id not in trades
-            gone = archived[legacy_id]
-            assert gone["kept_id"] == expected_removed[legacy_id]
-            assert gone["kept_id"] in trades
-            assert (gone["symbol"], gone["price"], gone["quantity"], gone["trade_id"]) == (
-                row[3],
-                row[4],
-                row[5],
-                row[7],
-            )
-            continue
-        got = trades[legacy_id]
-        # untouched legacy columns
-        assert (got["timestamp"], got["exchange"], got["symbol"], got["trade_id"]) == (
-            *row[1:4],
-            row[7],
-        )
-        assert (got["price"], got["quantity"], got["side"]) == (row[4], row[5], row[6])
-        parts = expected_split[legacy_id]
-        assert (got["symbol_base"], got["symbol_quote"]) == (parts or (None, None)), row
-    assert set(trades) >= set(data.by_id) - set(expected_removed)
-    # rows without trade_id are all kept, identical ones included
-    no_tid = [i for i, r in data.by_id.items() if r[7] is None]
-    assert no_tid and all(i in trades for i in no_tid)
-    progress = await conn.fetchrow(
-        "SELECT * FROM migration_progress WHERE version = '001' AND task = 'backfill_symbols'"
-    )
-    assert progress["done"]
-    detail = json.loads(progress["detail"])
-    assert detail["unsplittable_rows"] == data.unsplittable_count() > 0
-    assert detail["duplicates_archived"] == len(expected_removed)
-    assert set(detail["unsplittable_symbols"]) <= {str(r[3]) for r in data.trades}
 
 
 # ---------------------------------------------------------------------------
@@ -778,7 +718,7 @@ async def test_timescale_every_chunk_has_the_dedup_index_and_writers_work(
 ) -> None:
     data = dataset(20_000)
     await prepare_legacy(ts_db, data, hypertables=True)
-    await run_psql(ts_db, file=MIGRATION_000)
+    await run_psql_000_and_routines(ts_db)
     result = await run_steps_psql(ts_db, FOREGROUND_STEPS)
     assert result.returncode == 0, result.stderr
     conn = await connect(ts_db)

@@ -21,8 +21,14 @@ import asyncpg
 import pytest
 
 from cex_arbitrage.config import MigrationSettings
-from cex_arbitrage.db.migrations import lock
-from cex_arbitrage.db.migrations.errors import (
+from cex_arbitrage.db.migrations.run_migrations import MigrationRunner
+from cex_arbitrage.db.migrator import lock
+from cex_arbitrage.db.migrator.model import checksum_of
+from cex_arbitrage.db.migrator.preflight import run_preflight
+from cex_arbitrage.db.migrator.source import DirectorySource
+from cex_arbitrage.db.migrator.status import format_table, to_json
+from cex_arbitrage.db.structs import DatabaseConfig
+from cex_arbitrage.errors import (
     ChecksumMismatchError,
     ConnectError,
     ConnectionLostError,
@@ -33,12 +39,6 @@ from cex_arbitrage.db.migrations.errors import (
     PreflightError,
     ValidationError,
 )
-from cex_arbitrage.db.migrations.preflight import run_preflight
-from cex_arbitrage.db.migrations.run_migrations import MigrationRunner
-from cex_arbitrage.db.migrations.script import checksum_of
-from cex_arbitrage.db.migrations.source import DirectorySource
-from cex_arbitrage.db.migrations.status import format_table, to_json
-from cex_arbitrage.db.structs import DatabaseConfig
 from tests.conftest import REPO, pg_env, write_migrations
 
 INFRA = REPO / "cex_arbitrage" / "db" / "migrations" / "000_create_migration_infrastructure.sql"

@@ -11,14 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from cex_arbitrage.db.migrations.errors import ExitCode, ValidationError
-from cex_arbitrage.db.migrations.script import (
-    checksum_of,
-    concurrent_index_name,
-    parse_migration,
-    split_statements,
-)
-from cex_arbitrage.db.migrations.source import DirectorySource, load_migrations
+from cex_arbitrage.db.migrator.model import checksum_of
+from cex_arbitrage.db.migrator.parse import parse_migration
+from cex_arbitrage.db.migrator.source import DirectorySource, load_migrations
+from cex_arbitrage.db.migrator.split import concurrent_index_name, split_statements
+from cex_arbitrage.errors import ExitCode, ValidationError
 
 REPO = Path(__file__).resolve().parent.parent
 INFRA = REPO / "cex_arbitrage" / "db" / "migrations" / "000_create_migration_infrastructure.sql"
@@ -444,9 +441,9 @@ def test_concurrent_index_name_is_the_index_a_statement_builds(
 
 
 def test_shipped_migrations_parse() -> None:
-    from cex_arbitrage.db.migrations.source import PackageSource
+    from cex_arbitrage.db.migrator.source import PackageSource
 
-    migrations = load_migrations(PackageSource())
+    migrations = load_migrations(PackageSource("cex_arbitrage.db.migrations"))
     assert migrations[0].version == "000"
     versions = [m.version for m in migrations]
     assert versions == sorted(versions, key=int)

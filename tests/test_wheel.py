@@ -21,8 +21,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from cex_arbitrage.db.migrations.errors import ExitCode
 from cex_arbitrage.db.structs import DatabaseConfig
+from cex_arbitrage.errors import ExitCode
 from tests.conftest import REPO, pg_env
 
 pytestmark = pytest.mark.wheel
@@ -117,11 +117,12 @@ def test_installed_package_reads_its_migrations_from_site_packages(
             installed.python,
             "-c",
             "import json, cex_arbitrage, importlib.resources as r\n"
-            "from cex_arbitrage.db.migrations.source import PackageSource, load_migrations\n"
+            "from cex_arbitrage.db.migrator.source import PackageSource, load_migrations\n"
             "root = r.files('cex_arbitrage.db.migrations')\n"
             "print(json.dumps({'package': cex_arbitrage.__file__, 'resources': str(root),\n"
             "  'sql': sorted(e.name for e in root.iterdir() if e.name.endswith('.sql')),\n"
-            "  'versions': [m.version for m in load_migrations(PackageSource())]}))",
+            "  'versions': [m.version for m in\n"
+            "     load_migrations(PackageSource('cex_arbitrage.db.migrations'))]}))",
         ],
         cwd=installed.outside,
         env=_clean_env(),
@@ -188,6 +189,7 @@ async def test_installed_cli_applies_and_reports_from_outside_the_repo(
     assert [r["version"] for r in rows] == versions
     # The installed files are byte-for-byte the checkout's: same checksums.
     for r in rows:
-        (path,) = PACKAGE_DIR.glob(f"{r['version']}_*.sql")
+        v = r["version"]
+        (path,) = PACKAGE_DIR.glob(f"{v}.sql" if v.startswith("R__") else f"{v}_*.sql")
         text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
         assert r["checksum"] == hashlib.sha256(text.encode()).hexdigest(), path.name

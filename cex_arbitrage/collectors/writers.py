@@ -18,16 +18,23 @@ already stored (replays after a websocket reconnect).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
 import asyncpg
 
+from cex_arbitrage.collectors.connections import (
+    BATCH_LOG_PKEY,
+    ConnectFactory,
+    Connections,
+    is_bad_data,
+    is_connection_loss,
+    retryable,
+)
 from cex_arbitrage.collectors.records import BookTicker, Trade
 
 __all__ = [
@@ -45,14 +52,11 @@ log = logging.getLogger("cex_arbitrage.collectors")
 R = TypeVar("R", BookTicker, Trade)
 R_contra = TypeVar("R_contra", contravariant=True)
 
-ConnectFactory = Callable[[], Awaitable[asyncpg.Connection]]
-"""Opens a new connection, e.g. `lambda: asyncpg.connect(**cfg.connect_kwargs())`."""
 
 # --- named queries ---------------------------------------------------------
 
 _BATCH_RECORDED = "SELECT rows FROM ingest_batch_log WHERE batch_id = $1"
 _RECORD_BATCH = "INSERT INTO ingest_batch_log (batch_id, table_name, rows) VALUES ($1, $2, $3)"
-_BATCH_LOG_PKEY = "ingest_batch_log_pkey"
 
 BOOK_TICKER_COLUMNS = (
     "timestamp",
@@ -134,104 +138,6 @@ class BatchWriter(Protocol[R_contra]):
     async def close(self) -> None: ...
 
 
-def is_connection_loss(exc: BaseException) -> bool:
-    """True when retrying on a fresh connection may succeed.
-
-    Covers a connection closed under us (server terminated the backend,
-    restart, network cut), a server not accepting connections yet, too many
-    connections, a timeout, and serialization/deadlock aborts.
-    """
-    return isinstance(
-        exc,
-        (
-            OSError,
-            asyncio.TimeoutError,
-            asyncpg.exceptions.PostgresConnectionError,  # class 08
-            asyncpg.exceptions.OperatorInterventionError,  # class 57: admin shutdown, cancel
-            asyncpg.exceptions.TooManyConnectionsError,
-            asyncpg.exceptions.TransactionRollbackError,  # class 40: retry is the cure
-        ),
-    )
-
-
-def _retryable(exc: BaseException) -> bool:
-    """Connection loss, or a client-side state error that a fresh connection cures.
-
-    asyncpg reports a connection closed under a transaction, or left
-    mid-operation by a terminated backend, as InterfaceError or
-    InternalClientError rather than a connection error; the connection is
-    discarded (see _leaves_connection_clean), so a retry starts clean. A
-    client-side DataError (a value asyncpg cannot encode) is not retried.
-    """
-    if is_connection_loss(exc) or isinstance(exc, asyncpg.exceptions.InternalClientError):
-        return True
-    return isinstance(exc, asyncpg.exceptions.InterfaceError) and not isinstance(exc, ValueError)
-
-
-def _is_bad_data(exc: BaseException) -> bool:
-    """The database refused the rows themselves; resending the same batch cannot help."""
-    if isinstance(exc, asyncpg.exceptions.UniqueViolationError):
-        return bool(exc.constraint_name != _BATCH_LOG_PKEY)
-    return isinstance(
-        exc,
-        (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError),
-    )
-
-
-def _leaves_connection_clean(exc: BaseException) -> bool:
-    """A server-side statement error: the transaction rolled back, the session is fine.
-
-    Anything else (connection lost, a timeout, cancellation, asyncpg's own
-    protocol errors) may leave the session mid-operation; asyncpg can even hand
-    such a connection back to a pool in a corrupted state after a backend was
-    terminated mid-transaction (MagicStack/asyncpg#784), so it is discarded.
-    """
-    return isinstance(exc, asyncpg.PostgresError) and not is_connection_loss(exc)
-
-
-def _discard(conn: asyncpg.Connection) -> None:
-    # A pool detaches a connection the server closed; terminating it then fails.
-    with contextlib.suppress(asyncpg.exceptions.InterfaceError):
-        conn.terminate()
-
-
-class _Connections:
-    """One connection at a time from a pool, or a dedicated one from a factory."""
-
-    def __init__(self, target: asyncpg.Pool | ConnectFactory) -> None:
-        self._pool = target if isinstance(target, asyncpg.Pool) else None
-        self._factory = None if isinstance(target, asyncpg.Pool) else target
-        self._conn: asyncpg.Connection | None = None
-
-    @contextlib.asynccontextmanager
-    async def lease(self) -> AsyncIterator[asyncpg.Connection]:
-        if self._pool is not None:
-            async with self._pool.acquire() as conn:
-                try:
-                    yield conn
-                except BaseException as exc:
-                    if not _leaves_connection_clean(exc):
-                        _discard(conn)  # the pool opens a fresh one on the next acquire
-                    raise
-            return
-        assert self._factory is not None
-        if self._conn is None or self._conn.is_closed():
-            self._conn = await self._factory()
-        conn = self._conn
-        try:
-            yield conn
-        except BaseException as exc:
-            if not _leaves_connection_clean(exc):
-                _discard(conn)
-                self._conn = None
-            raise
-
-    async def close(self) -> None:
-        if self._conn is not None and not self._conn.is_closed():
-            await self._conn.close(timeout=5)
-        self._conn = None
-
-
 class _Writer(Generic[R]):
     """The exactly-once batch protocol; subclasses say how rows reach their table."""
 
@@ -247,7 +153,7 @@ class _Writer(Generic[R]):
         timeout: float = 60.0,
         database: str = "",
     ) -> None:
-        self._connections = _Connections(target)
+        self._connections = Connections(target)
         self.max_retries = max_retries
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
@@ -272,7 +178,7 @@ class _Writer(Generic[R]):
         try:
             return await self._write_exactly_once(rows)
         except WriteError as exc:
-            if exc.__cause__ is None or not _is_bad_data(exc.__cause__):
+            if exc.__cause__ is None or not is_bad_data(exc.__cause__):
                 raise
             if len(batch) == 1:
                 log.error(
@@ -298,17 +204,17 @@ class _Writer(Generic[R]):
             except Exception as exc:
                 if (
                     isinstance(exc, asyncpg.exceptions.UniqueViolationError)
-                    and exc.constraint_name == _BATCH_LOG_PKEY
+                    and exc.constraint_name == BATCH_LOG_PKEY
                 ):
                     # An earlier attempt's transaction committed while this one
                     # waited on its batch id: the next check will find it.
                     attempt += 1
                     continue
-                if _is_bad_data(exc):
+                if is_bad_data(exc):
                     raise WriteError(
                         f"{self.table}: batch refused by {self.database}: {exc}"
                     ) from exc
-                if not _retryable(exc):
+                if not retryable(exc):
                     raise WriteError(
                         f"{self.table}: batch of {len(rows)} failed on {self.database}: {exc!r}"
                     ) from exc

@@ -7,105 +7,136 @@ engine also calls. Exit codes are the `ExitCode` values (README).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import os
+import re
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cex_arbitrage.config import AppConfig, load_config
-from cex_arbitrage.db.migrations.connect import connect
-from cex_arbitrage.db.migrations.errors import (
-    ConfigError,
-    ExitCode,
-    MigrationError,
-    ValidationError,
+# Only the argument parser loads up front: `--help`, usage errors and `new` need no
+# config, asyncpg or runner; each command imports what it uses.
+from cex_arbitrage.db.cli_args import (
+    COMMANDS as COMMANDS,
 )
-from cex_arbitrage.db.migrations.preflight import run_preflight
-from cex_arbitrage.db.migrations.run_migrations import MigrationRunner
-from cex_arbitrage.db.migrations.source import DirectorySource, MigrationSource, PackageSource
-from cex_arbitrage.db.migrations.status import format_table, to_json
-from cex_arbitrage.db.structs import DatabaseConfig
+from cex_arbitrage.db.cli_args import (
+    EMBEDDED_DIR_ENV,
+    MIGRATIONS_DIR_ENV,
+    build_parser,
+)
+from cex_arbitrage.db.cli_args import (
+    check_arguments as _check_arguments,
+)
+from cex_arbitrage.errors import ConfigError, ExitCode, MigrationError, ValidationError
 
-COMMANDS = ("apply", "status", "background", "accept-checksum")
-EMBEDDED_DIR_ENV = "CEX_EMBEDDED_DIR"
-MIGRATIONS_DIR_ENV = "CEX_MIGRATIONS_DIR"
+if TYPE_CHECKING:
+    from cex_arbitrage.config import AppConfig
+    from cex_arbitrage.db.migrations.run_migrations import MigrationRunner
+    from cex_arbitrage.db.migrator.model import Catalog
+    from cex_arbitrage.db.migrator.source import MigrationSource
+    from cex_arbitrage.db.structs import DatabaseConfig
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m cex_arbitrage.db.migrate",
-        description="Apply and inspect cex_arbitrage database migrations.",
-        epilog=(
-            "commands: apply (default) | status | background | accept-checksum VERSION. "
-            "Exit codes: 0 ok, 1 migration failed, 2 usage/config, 3 cannot connect, "
-            "4 refused (checksum/dependency/target), 5 lock timeout, 6 pending or drifted "
-            "(status --exit-code), 7 pre-flight (privilege/server), 8 interrupted."
-        ),
-    )
-    parser.add_argument("command", nargs="?", default="apply", choices=COMMANDS)
-    parser.add_argument("version", nargs="?", help="VERSION for accept-checksum")
-    parser.add_argument("--config", help="config file (default: $CEX_CONFIG or ./config.yaml)")
-    parser.add_argument("--target", metavar="VERSION", help="apply up to this version only")
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the plan (and the SQL with --verbose); change nothing",
-    )
-    parser.add_argument(
-        "--verbose",
-        "-v",
-        action="store_true",
-        help="config source, server, extensions, user; per-step timings",
-    )
-    parser.add_argument("--json", action="store_true", help="status as JSON")
-    parser.add_argument(
-        "--exit-code",
-        action="store_true",
-        help="status: exit 6 when something is pending, failed or drifted",
-    )
-    parser.add_argument(
-        "--no-background",
-        action="store_true",
-        help="apply: leave background steps (backfills) to the engines",
-    )
-    parser.add_argument(
-        "--feature",
-        action="append",
-        default=[],
-        metavar="NAME=on|off",
-        help="override a feature flag from the config (repeatable)",
-    )
-    parser.add_argument(
-        "--migrations-dir",
-        metavar="DIR",
-        help=f"use the migrations in DIR instead of the package's (also ${MIGRATIONS_DIR_ENV})",
-    )
-    return parser
+_CURRENT = "nothing to apply; the schema is current"
 
 
-def _features(config: AppConfig, overrides: Sequence[str]) -> dict[str, bool]:
+def _features(config: AppConfig, overrides: Sequence[str], known: Sequence[str]) -> dict[str, bool]:
+    from cex_arbitrage.features import check_feature_name
+
     features = dict(config.features)
     for item in overrides:
         name, sep, value = item.partition("=")
         if not sep or value.lower() not in ("on", "off", "true", "false", "1", "0"):
             raise ConfigError(f"--feature {item!r}: expected NAME=on or NAME=off")
+        check_feature_name(name.strip(), f"--feature {item}", known)
         features[name.strip()] = value.lower() in ("on", "true", "1")
     return features
 
 
-def _source(args: argparse.Namespace) -> MigrationSource | None:
-    directory = args.migrations_dir or os.environ.get(MIGRATIONS_DIR_ENV)
-    return DirectorySource(Path(directory)) if directory else None
+def _source(args: argparse.Namespace) -> MigrationSource:
+    """The migration set: --migrations-dir, else $CEX_MIGRATIONS_DIR, else the package's."""
+    if args.migrations_dir is not None:
+        directory, origin = args.migrations_dir, "--migrations-dir"
+    elif MIGRATIONS_DIR_ENV in os.environ:
+        directory, origin = os.environ[MIGRATIONS_DIR_ENV], f"${MIGRATIONS_DIR_ENV}"
+    else:
+        from cex_arbitrage.db.migrations.run_migrations import shipped_source
+
+        return shipped_source()
+    if not directory.strip():
+        raise ValidationError(
+            f"{origin} is empty; give the directory that holds the NNN_name.sql migration "
+            f"files, or leave {origin} out to use the migrations shipped in the package"
+        )
+    path = Path(directory)
+    if not path.is_dir():
+        problem = "is not a directory" if path.exists() else "does not exist"
+        raise ValidationError(
+            f"migrations directory {path} (from {origin}) {problem}; check the path "
+            f"(a relative one is taken from {Path.cwd()})"
+        )
+    from cex_arbitrage.db.migrator.source import DirectorySource
+
+    return DirectorySource(path)
+
+
+def _target(target: str | None, catalog: Catalog) -> str | None:
+    """`--target 1` is version 001 when exactly one file's version has that value."""
+    versions = [m.version for m in catalog.migrations]
+    if target is None or target.strip() in versions or not re.fullmatch(r"\s*[0-9]+\s*", target):
+        return target
+    same = [v for v in versions if int(v) == int(target)]
+    if len(same) != 1:
+        return target  # unknown or ambiguous: the runner refuses it, listing the versions
+    _err(f"--target {target}: version {same[0]}")
+    return same[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """What a run needs, checked before any database is touched."""
+
+    source: MigrationSource
+    config: AppConfig  # with the --feature overrides applied
+    target: str | None
+
+
+def _prepare(args: argparse.Namespace) -> _Prepared:
+    """Read the migration set, then the config; refuse unknown features and bad sets."""
+    from cex_arbitrage.config import load_config
+    from cex_arbitrage.db.migrator.catalog import cached_catalog
+    from cex_arbitrage.features import known_features
+
+    source = _source(args)
+    catalog = cached_catalog(source)
+    declared = [m.feature for m in catalog.migrations] + [r.feature for r in catalog.routines]
+    known = known_features(declared)
+    config = load_config(args.config, known_features=known)
+    features = _features(config, args.feature, known)
+    return _Prepared(
+        source=source,
+        config=dataclasses.replace(config, features=features),
+        target=_target(args.target, catalog),
+    )
 
 
 def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _say(message: str) -> None:
+    """The runner's progress, on stderr; "schema is current" is the CLI's, on stdout."""
+    if not message.endswith(_CURRENT):
+        _err(message)
+
+
 async def _verbose_report(db: DatabaseConfig, config: AppConfig, source: str) -> None:
+    from cex_arbitrage.config import MIGRATED_TABLES
+    from cex_arbitrage.db.migrator.connect import connect
+    from cex_arbitrage.db.migrator.preflight import run_preflight
+
     print(f"config:     {config.source}")
     print(f"database:   {db.display} (sslmode {db.sslmode})")
     print(f"migrations: {source}")
@@ -113,7 +144,7 @@ async def _verbose_report(db: DatabaseConfig, config: AppConfig, source: str) ->
     print(f"features:   {features or 'none'}")
     conn = await connect(db)
     try:
-        pre = await run_preflight(conn, db.display)
+        pre = await run_preflight(conn, db.display, MIGRATED_TABLES)
         print(f"server:     PostgreSQL {pre.server_version_text}")
         print(f"user:       {pre.user}")
         print(f"extensions: {', '.join(pre.extensions) or 'none'}")
@@ -123,23 +154,23 @@ async def _verbose_report(db: DatabaseConfig, config: AppConfig, source: str) ->
         await conn.close()
 
 
-async def _run(args: argparse.Namespace, config: AppConfig, db: DatabaseConfig) -> int:
-    features = _features(config, args.feature)
-    source = _source(args)
-    describe = (source or PackageSource()).describe()
+async def _run(args: argparse.Namespace, prep: _Prepared, db: DatabaseConfig) -> int:
+    from cex_arbitrage.db.migrations.run_migrations import MigrationRunner
+    from cex_arbitrage.db.migrator.status import format_table, to_json
+
+    config = prep.config
     runner = MigrationRunner(
         db,
-        source=source,
-        features=features,
+        source=prep.source,
+        features=config.features,
         settings=config.migrations,
-        say=_err,
+        say=_say,
         verbose=args.verbose,
         program="cex-migrate",
     )
-    config = dataclasses.replace(config, features=features)
+    if args.verbose and not args.json and args.command in ("status", "apply"):
+        await _verbose_report(db, config, prep.source.describe())
     if args.command == "status":
-        if args.verbose and not args.json:
-            await _verbose_report(db, config, describe)
         rows = await runner.get_migration_status()
         if args.json:
             print(to_json(rows, {"database": db.display}))
@@ -149,8 +180,6 @@ async def _run(args: argparse.Namespace, config: AppConfig, db: DatabaseConfig) 
             return int(ExitCode.PENDING)
         return 0
     if args.command == "accept-checksum":
-        if not args.version:
-            raise ValidationError("accept-checksum needs the VERSION whose file was edited")
         old = await runner.accept_checksum(args.version)
         print(
             f"{db.display}: recorded the current checksum of version {args.version} "
@@ -161,21 +190,25 @@ async def _run(args: argparse.Namespace, config: AppConfig, db: DatabaseConfig) 
         done = await runner.run_background()
         print(f"{db.display}: background steps finished for: {', '.join(done) or 'nothing'}")
         return 0
-    if args.verbose:
-        await _verbose_report(db, config, describe)
     if args.dry_run:
-        plan = await runner.plan(args.target)
+        plan = await runner.plan(prep.target)
         print("dry run: nothing will be changed")
         print(plan.describe(sql=args.verbose))
         return 0
+    return await _apply(args, runner, prep.target, db)
+
+
+async def _apply(
+    args: argparse.Namespace, runner: MigrationRunner, target: str | None, db: DatabaseConfig
+) -> int:
     started = time.monotonic()
-    result = await runner.migrate(args.target, background=not args.no_background)
+    result = await runner.migrate(target, background=not args.no_background)
     total = int((time.monotonic() - started) * 1000)
     if result.applied:
         parts = ", ".join(f"{v} ({result.durations_ms[v]} ms)" for v in result.applied)
         print(f"{db.display}: applied {parts}; total {total} ms")
     else:
-        print(f"{db.display}: nothing to apply; the schema is current")
+        print(f"{db.display}: {_CURRENT}")
     if result.background_done:
         print(f"{db.display}: background steps finished: {', '.join(result.background_done)}")
     if result.background_pending:
@@ -188,25 +221,64 @@ async def _run(args: argparse.Namespace, config: AppConfig, db: DatabaseConfig) 
     return 0
 
 
+class _Terminated(Exception):
+    """SIGTERM (docker stop, systemd) arrived: the run was cancelled as Ctrl-C cancels it."""
+
+
+async def _until_signal(work: Coroutine[Any, Any, int]) -> int:
+    """Run `work`; SIGTERM cancels it as Ctrl-C does (asyncpg cancels the running query).
+
+    The cancellation unwinds the runner: the server rolls back the transactional
+    step, locks are released, the connection closed; then `_Terminated` is raised.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    received: list[int] = []
+
+    def on_sigterm() -> None:
+        received.append(signal.SIGTERM)
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (NotImplementedError, RuntimeError):  # no signals here (Windows, a thread)
+        return await task
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if received and task.cancelled():
+            raise _Terminated() from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        _check_arguments(args)
     except SystemExit as exc:
         return int(exc.code or 0) and int(ExitCode.USAGE)
-    if args.command == "accept-checksum" and not args.version:
+    except ConfigError as exc:
         parser.print_usage(sys.stderr)
-        _err("error: accept-checksum needs VERSION")
-        return int(ExitCode.USAGE)
-    if args.version and args.command != "accept-checksum":
-        parser.print_usage(sys.stderr)
-        _err(f"error: unexpected argument {args.version!r}")
-        return int(ExitCode.USAGE)
+        _err(f"error: {exc.message}")
+        return int(exc.exit_code)
+    if args.command == "new":
+        from cex_arbitrage.db.cli_new import run_new
+
+        try:
+            return run_new(args)
+        except MigrationError as exc:
+            _err(f"error: {exc.message}")
+            return int(exc.exit_code)
     server = None
     try:
-        config = load_config(args.config)
-        db = config.database
-        if not config.database_configured:
+        prep = _prepare(args)
+        db = prep.config.database
+        if not prep.config.database_configured:
             from cex_arbitrage.embedded import start_embedded
 
             data_dir = Path(os.environ.get(EMBEDDED_DIR_ENV, ".cex-pgdata")).resolve()
@@ -217,13 +289,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             server = start_embedded(data_dir)
             db = server.config
             _err(f"embedded PostgreSQL is up at {db.display}")
-        return asyncio.run(_run(args, config, db))
+        import asyncio
+
+        return asyncio.run(_until_signal(_run(args, prep, db)))
     except MigrationError as exc:
         _err(f"error: {exc.message}")
         return int(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated) as exc:
+        what = "interrupted by SIGTERM" if isinstance(exc, _Terminated) else "interrupted"
         _err(
-            "error: interrupted; a transactional step was rolled back, finished statements "
+            f"error: {what}; a transactional step was rolled back, finished statements "
             "of other steps are recorded; run again to resume"
         )
         return int(ExitCode.INTERRUPTED)

@@ -10,13 +10,14 @@ golang-migrate). A poll holds nothing between attempts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 
-from cex_arbitrage.db.migrations.errors import LockTimeoutError
+from cex_arbitrage.errors import MigrationLockTimeoutError
 
 # Two-key form: classid = namespace, objid = purpose (pg_locks shows both).
 LOCK_NAMESPACE = 0x63657861  # 'ceXa'
@@ -87,11 +88,13 @@ async def acquire(
         now = time.monotonic()
         if now - started >= timeout:
             holder = await describe_holder(conn, purpose)
-            raise LockTimeoutError(
+            raise MigrationLockTimeoutError(
                 f"{database}: the migration lock is still held by {holder} after "
                 f"{timeout:.0f}s; another migration is running. Wait for it, or stop that "
                 "session if it is stuck, then run again "
-                "(migrations.lock_wait_timeout sets how long to wait)"
+                "(migrations.lock_wait_timeout sets how long to wait)",
+                holder=holder,
+                waited_s=now - started,
             )
         if now >= next_report:
             holder = await describe_holder(conn, purpose)
@@ -101,3 +104,19 @@ async def acquire(
             )
             next_report = now + interval
         delay = min(delay * 1.6, 1.0)
+
+
+@contextlib.asynccontextmanager
+async def held(
+    conn: asyncpg.Connection,
+    purpose: int,
+    timeout: float,
+    database: str,
+    say: Callable[[str], None],
+) -> AsyncIterator[None]:
+    """The lock for the duration of the block (polled for, as `acquire`), then released."""
+    await acquire(conn, purpose, timeout, database, say)
+    try:
+        yield
+    finally:
+        await unlock(conn, purpose)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 
-from cex_arbitrage.db.migrations.errors import ConnectError
 from cex_arbitrage.db.structs import DatabaseConfig
+from cex_arbitrage.errors import ConnectError
 
 # Errors that mean "not up yet" at boot: worth waiting for.
 _TRANSIENT = (
@@ -86,3 +87,18 @@ async def connect(
             delay = min(delay * 2, 5.0)
         except Exception as exc:
             raise _explain(config, exc) from exc
+
+
+@contextlib.asynccontextmanager
+async def owned_connection(
+    conn: asyncpg.Connection | None, config: DatabaseConfig
+) -> AsyncIterator[asyncpg.Connection]:
+    """The caller's connection as it is, or one opened here and closed on the way out."""
+    if conn is not None:
+        yield conn
+        return
+    own = await connect(config)
+    try:
+        yield own
+    finally:
+        await own.close()

@@ -14,6 +14,9 @@ from typing import Any
 
 import asyncpg
 
+from cex_arbitrage.db.migrator.model import ROUTINE_PREFIX, Routine
+from cex_arbitrage.db.migrator.states import MigrationState
+
 _READ_STATE = """
 SELECT version, name, feature, checksum, state, applied_at, finished_at, execution_ms,
        background_ms, applied_by, applied_from, steps_done, statements_done,
@@ -42,7 +45,7 @@ class HistoryRow:
     name: str
     feature: str | None
     checksum: str | None
-    state: str
+    state: MigrationState
     applied_at: dt.datetime | None
     finished_at: dt.datetime | None
     execution_ms: int | None
@@ -58,7 +61,11 @@ class HistoryRow:
     @property
     def is_applied(self) -> bool:
         """Foreground part done: the schema new writes need is there."""
-        return self.state in ("applied", "background")
+        return self.state.is_applied
+
+    @property
+    def is_routine(self) -> bool:
+        return self.version.startswith(ROUTINE_PREFIX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +116,7 @@ async def read_history_lean(conn: asyncpg.Connection) -> dict[str, HistoryRow]:
             name="",
             feature=None,
             checksum=r["checksum"],
-            state=r["state"],
+            state=MigrationState(r["state"]),
             applied_at=None,
             finished_at=None,
             execution_ms=None,
@@ -132,7 +139,7 @@ def _history_row(r: asyncpg.Record) -> HistoryRow:
         name=r["name"],
         feature=r["feature"],
         checksum=r["checksum"],
-        state=r["state"],
+        state=MigrationState(r["state"]),
         applied_at=r["applied_at"],
         finished_at=r["finished_at"],
         execution_ms=r["execution_ms"],
@@ -190,7 +197,7 @@ def record_statement(
     name: str,
     feature: str | None,
     checksum: str,
-    state: str,
+    state: MigrationState,
     steps_done: int,
     statements_done: int,
     applied_from: str,
@@ -208,14 +215,14 @@ def record_statement(
     if step_name is not None and step_ms_sql is not None:
         initial_timings = f"jsonb_build_object({literal(step_name)}, {step_ms_sql})"
         timing = f"h.step_timings || {initial_timings}"
-    finished = "now()" if state == "applied" else "NULL"
+    finished = "now()" if state is MigrationState.APPLIED else "NULL"
     exec_ms = execution_ms_sql
     return f"""
 INSERT INTO migration_history AS h
     (version, name, feature, checksum, state, applied_at, finished_at, execution_ms,
      applied_by, applied_from, steps_done, statements_done, step_timings)
 VALUES ({literal(version)}, {literal(name)}, {literal(feature)}, {literal(checksum)},
-        {literal(state)}, now(), {finished}, {exec_ms}, current_user, {literal(applied_from)},
+        {literal(state.value)}, now(), {finished}, {exec_ms}, current_user, {literal(applied_from)},
         {int(steps_done)}, {int(statements_done)}, {initial_timings})
 ON CONFLICT (version) DO UPDATE SET
     name = EXCLUDED.name, feature = EXCLUDED.feature, checksum = EXCLUDED.checksum,
@@ -263,4 +270,19 @@ async def record_failure(
         error[:4000],
         statement[:4000] if statement else None,
         background,
+    )
+
+
+def record_routine_statement(routine: Routine, applied_from: str, elapsed_ms_sql: str) -> str:
+    """The history upsert of a routine, sent in the same message as its SQL."""
+    return record_statement(
+        version=routine.key,
+        name=routine.name,
+        feature=routine.feature,
+        checksum=routine.checksum,
+        state=MigrationState.APPLIED,
+        steps_done=1,
+        statements_done=0,
+        applied_from=applied_from,
+        execution_ms_sql=elapsed_ms_sql,
     )

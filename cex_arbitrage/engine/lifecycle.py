@@ -1,49 +1,33 @@
-"""The engine's lifecycle: startup hooks (schema first), then the collectors, then a clean stop.
+"""The Engine: startup hooks (schema first), then the collectors, then a clean stop.
 
-Boot order matters: no collector may write before `ensure_schema()` has made
-the schema current for the enabled features, so ensure_schema is the first
-startup hook and a hook that raises stops the boot before any collector
-starts. Stopping (SIGINT/SIGTERM, or the end of a replay) flushes every
-buffered record, stops background migration work at a checkpoint it resumes
-from, and closes the pool.
+Why the order matters is in the package docstring (`cex_arbitrage.engine`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from cex_arbitrage.collectors import (
-    BookTicker,
     BookTickerWriter,
     Collector,
     ConnectFactory,
-    ReplaySource,
-    Source,
-    Trade,
     TradeWriter,
 )
 from cex_arbitrage.config import AppConfig
-from cex_arbitrage.db.migrations import SchemaReport, ensure_schema
-from cex_arbitrage.db.migrations.source import MigrationSource
+from cex_arbitrage.db.migrations import SchemaReport
+from cex_arbitrage.db.migrator.source import MigrationSource
+from cex_arbitrage.engine.hooks import StartupHooks, _ensure_schema, _open_pool
+from cex_arbitrage.engine.sources import EngineSources
+from cex_arbitrage.errors import RunInterruptedError
 
-__all__ = [
-    "TRADE_FEATURE",
-    "Engine",
-    "EngineSources",
-    "StartupHook",
-    "StartupHooks",
-    "fetch_ohlcv",
-]
+__all__ = ["BOOK_TICKERS", "TRADES", "TRADE_FEATURE", "Engine"]
 
 log = logging.getLogger("cex_arbitrage.engine")
 
@@ -55,65 +39,6 @@ TRADES = "trades"
 # retried; a day is generous. Pruning hourly keeps the table small.
 _PRUNE_EVERY_S = 3600.0
 _PRUNE_KEEP = dt.timedelta(days=1)
-
-StartupHook = Callable[["Engine"], Awaitable[None]]
-"""An async callable run at boot with the engine; raising stops the boot."""
-
-
-class StartupHooks:
-    """Named startup hooks run in order; plugins insert theirs relative to others.
-
-    The engine registers `ensure_schema` then `open_pool`; a plugin usually
-    appends (after the schema is current and `engine.pool` is open), and may
-    place a hook `before=` or `after=` a named one.
-    """
-
-    def __init__(self) -> None:
-        self._hooks: list[tuple[str, StartupHook]] = []
-
-    def register(
-        self,
-        name: str,
-        hook: StartupHook,
-        *,
-        before: str | None = None,
-        after: str | None = None,
-    ) -> None:
-        """Add `hook` at the end, or just before/after the hook named so."""
-        if name in self.names():
-            raise ValueError(f"a startup hook named {name!r} is already registered")
-        if before is not None and after is not None:
-            raise ValueError("give before= or after=, not both")
-        anchor = before if before is not None else after
-        if anchor is None:
-            self._hooks.append((name, hook))
-            return
-        if anchor not in self.names():
-            raise ValueError(f"no startup hook named {anchor!r}; registered: {self.names()}")
-        index = self.names().index(anchor) + (0 if before is not None else 1)
-        self._hooks.insert(index, (name, hook))
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self._hooks]
-
-    def __iter__(self) -> Iterator[tuple[str, StartupHook]]:
-        return iter(list(self._hooks))
-
-
-@dataclasses.dataclass
-class EngineSources:
-    """The feeds the collectors read; a startup hook may add more before they start."""
-
-    book_tickers: list[Source[BookTicker]] = dataclasses.field(default_factory=list)
-    trades: list[Source[Trade]] = dataclasses.field(default_factory=list)
-
-    @classmethod
-    def replay(cls, path: Path | str, *, follow: bool = False) -> EngineSources:
-        """Both collectors fed from one JSONL replay file."""
-        return cls(
-            book_tickers=[ReplaySource(path, BookTicker, follow=follow)],
-            trades=[ReplaySource(path, Trade, follow=follow)],
-        )
 
 
 class Engine:
@@ -146,6 +71,11 @@ class Engine:
         self._stop_requested = asyncio.Event()
         self._stopped = False
         self._failure: BaseException | None = None
+        # While a startup hook runs under run(), a signal cancels it (see _start_stoppable).
+        self._starting: asyncio.Future[None] | None = None
+        self._hook_running: str | None = None
+        self._signalled: str | None = None
+        self._cancelled_hook: str | None = None
 
     @property
     def database(self) -> str:
@@ -154,6 +84,7 @@ class Engine:
 
     @property
     def trade_collection(self) -> bool:
+        """Whether the trades collector runs (features.trade_collection)."""
         return self.config.feature_enabled(TRADE_FEATURE)
 
     async def start(self) -> None:
@@ -169,12 +100,15 @@ class Engine:
             "on" if self.trade_collection else "off",
         )
         for name, hook in self.hooks:
+            self._hook_running = name
             try:
                 await hook(self)
             except BaseException as exc:
                 log.error("startup hook %s failed on %s: %s", name, self.database, _reason(exc))
                 await self._release()
                 raise
+            finally:
+                self._hook_running = None
         await self._start_collectors()
 
     def request_stop(self) -> None:
@@ -238,7 +172,7 @@ class Engine:
                     loop.add_signal_handler(sig, self._on_signal, sig)
                     installed.append(sig)
         try:
-            await self.start()
+            await self._start_stoppable()
             try:
                 await self.wait()
             finally:
@@ -248,10 +182,66 @@ class Engine:
                 loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: signal.Signals) -> None:
+        """SIGINT/SIGTERM: a clean stop, the same as request_stop().
+
+        During a startup hook (ensure_schema may wait on a lock or run a long
+        step) the boot is cancelled instead: asyncpg cancels the statement on
+        the server, whose transaction rolls back; run() raises RunInterruptedError.
+        """
+        self._signalled = self._signalled or sig.name
+        if self._hook_running is not None and self._starting is not None:
+            log.info(
+                "%s received during startup hook %s: cancelling the boot on %s",
+                sig.name,
+                self._hook_running,
+                self.database,
+            )
+            self._cancelled_hook = self._hook_running
+            self._starting.cancel()
+            return
         log.info("%s received: stopping collectors on %s", sig.name, self.database)
         self.request_stop()
 
+    async def _start_stoppable(self) -> None:
+        """start(), cancelled by _on_signal while a startup hook runs."""
+        starting = asyncio.ensure_future(self.start())
+        self._starting = starting
+        try:
+            await starting
+        except asyncio.CancelledError:
+            if self._signalled is None or not starting.cancelled():
+                raise
+            stage = self._cancelled_hook
+            raise RunInterruptedError(
+                f"{self.database}: {self._signalled} received during startup hook "
+                f"{stage}: the boot was cancelled, the statement running "
+                "on the server was cancelled and its transaction rolled back; no collector "
+                "started. Finished migration steps are recorded; start it again to resume",
+                signal_name=self._signalled,
+                stage=stage,
+            ) from None
+        finally:
+            self._starting = None
+
     async def _start_collectors(self) -> None:
+        """Start each planned collector as a task, and the batch-log pruning beside them."""
+        for name, collector in self._collector_plan():
+            self.collectors[name] = collector
+            self._tasks[name] = asyncio.create_task(collector.run(), name=f"collector {name}")
+            self._tasks[name].add_done_callback(self._collector_ended)
+            log.info(
+                "collector %s started on %s: sources %d, batch %d, flush every %.2fs",
+                name,
+                self.database,
+                len(collector.sources),
+                collector.batch_size,
+                collector.flush_interval,
+            )
+        self._supervisors.append(asyncio.create_task(self._prune_batch_log()))
+        await asyncio.sleep(0)  # let each collector task begin: start() returns with them running
+
+    def _collector_plan(self) -> list[tuple[str, Collector[Any]]]:
+        """The collectors to run: book tickers always, trades only with the feature on."""
         settings = self.config.collectors
         writer_args: dict[str, Any] = {
             "max_retries": settings.max_retries,
@@ -288,20 +278,7 @@ class Engine:
                 TRADE_FEATURE,
                 self.database,
             )
-        for name, collector in plan:
-            self.collectors[name] = collector
-            self._tasks[name] = asyncio.create_task(collector.run(), name=f"collector {name}")
-            self._tasks[name].add_done_callback(self._collector_ended)
-            log.info(
-                "collector %s started on %s: sources %d, batch %d, flush every %.2fs",
-                name,
-                self.database,
-                len(collector.sources),
-                collector.batch_size,
-                collector.flush_interval,
-            )
-        self._supervisors.append(asyncio.create_task(self._prune_batch_log()))
-        await asyncio.sleep(0)  # let each collector task begin: start() returns with them running
+        return plan
 
     def _writer_connect(self, name: str) -> ConnectFactory:
         """A dedicated connection per writer, reopened after a loss.
@@ -321,6 +298,7 @@ class Engine:
         return connect
 
     def _collector_ended(self, task: asyncio.Task[None]) -> None:
+        """A collector that failed stops the engine; its error is raised by stop()."""
         if task.cancelled() or task.exception() is None:
             return
         log.error("%s failed on %s: %s", task.get_name(), self.database, task.exception())
@@ -351,6 +329,7 @@ class Engine:
         log.info("background migration work finished on %s", self.database)
 
     async def _prune_batch_log(self) -> None:
+        """Hourly, drop batch-log rows older than a day; a failure is logged and retried."""
         while True:
             if self.pool is None:
                 return
@@ -365,6 +344,7 @@ class Engine:
             await asyncio.sleep(_PRUNE_EVERY_S)
 
     async def _release(self) -> None:
+        """Cancel supervisors, pause background migration work, close the pool."""
         for task in self._supervisors:
             task.cancel()
         await asyncio.gather(*self._supervisors, return_exceptions=True)
@@ -380,91 +360,6 @@ class Engine:
             pool, self.pool = self.pool, None
             await pool.close()
             log.info("connection pool closed on %s", self.database)
-
-
-async def _ensure_schema(engine: Engine) -> None:
-    """Startup hook 1: the schema is current for the enabled features, or boot stops."""
-    report = await ensure_schema(
-        engine.config.database,
-        features=dict(engine.config.features),
-        settings=engine.config.migrations,
-        source=engine.migration_source,
-    )
-    engine.schema = report
-    log.info(
-        "schema current on %s: %s",
-        engine.database,
-        f"applied {', '.join(report.applied)}" if report.applied else "nothing to apply",
-    )
-    if report.background is not None:
-        engine._supervisors.append(asyncio.create_task(engine._supervise_background()))
-
-
-async def _open_pool(engine: Engine) -> None:
-    """Startup hook 2: the pool the writers (and later hooks) share."""
-    database = engine.config.database
-    engine.pool = await asyncpg.create_pool(
-        **database.connect_kwargs(),
-        min_size=min(database.pool_min_size, database.pool_max_size),
-        max_size=database.pool_max_size,
-    )
-    log.info(
-        "connection pool open on %s (%d..%d connections)",
-        engine.database,
-        database.pool_min_size,
-        database.pool_max_size,
-    )
-
-
-async def fetch_ohlcv(
-    conn: asyncpg.Connection,
-    *,
-    since: dt.datetime | None = None,
-    until: dt.datetime | None = None,
-    limit: int = 10,
-    view: str = "trades_ohlcv_1m",
-) -> list[dict[str, object]]:
-    """Rows of an OHLCV aggregate, refreshing it first over [since, until] if it is materialized.
-
-    On TimescaleDB the view is a continuous aggregate that may not have
-    materialized recent buckets yet; on plain PostgreSQL it may be a
-    materialized view. A plain view needs nothing.
-    """
-    if view not in ("trades_ohlcv_1m", "trades_ohlcv_1h"):
-        raise ValueError(f"unknown OHLCV view {view!r}")
-    width = dt.timedelta(minutes=1) if view.endswith("1m") else dt.timedelta(hours=1)
-    is_cagg = await conn.fetchval(
-        "SELECT to_regclass('timescaledb_information.continuous_aggregates') IS NOT NULL"
-    )
-    if is_cagg:
-        is_cagg = await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM timescaledb_information.continuous_aggregates "
-            "WHERE view_name = $1)",
-            view,
-        )
-    if is_cagg:
-        # A refresh window must cover whole buckets, or it refreshes nothing.
-        await conn.execute(
-            "CALL refresh_continuous_aggregate($1::regclass, $2::timestamptz, $3::timestamptz)",
-            view,
-            None if since is None else since - width,
-            None if until is None else until + width,
-        )
-    elif await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM pg_matviews WHERE matviewname = $1)", view
-    ):
-        await conn.execute(f"REFRESH MATERIALIZED VIEW {view}")
-    rows = await conn.fetch(
-        f"SELECT * FROM {view} "
-        "WHERE ($1::timestamptz IS NULL OR bucket >= $1::timestamptz - $3::interval) "
-        "  AND ($2::timestamptz IS NULL OR bucket <= $2::timestamptz) "
-        "ORDER BY bucket, exchange, symbol_base, symbol_quote LIMIT $4",
-        since,
-        until,
-        width,
-        limit,
-    )
-    return [dict(row) for row in rows]
 
 
 def _reason(exc: BaseException) -> str:

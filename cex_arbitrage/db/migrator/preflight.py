@@ -10,10 +10,11 @@ request blocks the collectors' inserts; lock_timeout bounds it).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import asyncpg
 
-from cex_arbitrage.db.migrations.errors import PreflightError
+from cex_arbitrage.errors import PreflightError
 
 MIN_SERVER_VERSION = 120000
 
@@ -49,9 +50,6 @@ ORDER BY xact_start
 LIMIT 5
 """
 
-# Tables the shipped migrations alter; the runner must own them.
-ALTERED_TABLES = ("trades", "book_ticker_snapshots", "migration_history", "migration_progress")
-
 
 @dataclasses.dataclass(frozen=True)
 class Preflight:
@@ -64,10 +62,17 @@ class Preflight:
 
 
 async def run_preflight(
-    conn: asyncpg.Connection, database: str, long_transaction_seconds: float = 30.0
+    conn: asyncpg.Connection,
+    database: str,
+    watched_tables: Sequence[str] = (),
+    long_transaction_seconds: float = 30.0,
 ) -> Preflight:
-    """Refuse what cannot work; return warnings for what may be slow."""
-    row = await conn.fetchrow(_CHECKS, list(ALTERED_TABLES))
+    """Refuse what cannot work; return warnings for what may be slow.
+
+    `watched_tables` are the tables the migrations alter (the application
+    names them, RunnerSettings.watched_tables): the user must own them.
+    """
+    row = await conn.fetchrow(_CHECKS, list(watched_tables))
     assert row is not None
     if row["server_version"] < MIN_SERVER_VERSION:
         raise PreflightError(

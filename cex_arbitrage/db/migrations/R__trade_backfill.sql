@@ -1,0 +1,397 @@
+-- Routine trade_backfill (repeatable): 001's background backfill of the old rows: splits
+-- `symbol` into base/quote and archives replayed duplicates.
+--
+-- A routine is code that is replaced, not migrated: the runner runs this
+-- whole file again, in one transaction with its history row
+-- (migration_history.version 'R__trade_backfill'), whenever its checksum differs
+-- from the recorded one, before any pending step that may call it. Edit it
+-- freely; the next run or engine boot installs the new bodies
+-- (docs/migration-files.md, "Routines"). By hand: `psql -v ON_ERROR_STOP=1
+-- -f` after 000 and before 001 (README, "Manual SQL execution").
+--
+-- migrate:feature trade_collection
+-- migrate:description 001's backfill of old rows: base/quote split and replayed-duplicate archive
+
+-- Backfill symbol_base/symbol_quote of old rows, removing replayed
+-- duplicates on the way (header of 001_add_trade_collection_support.sql:
+-- dedup rule). Only rows that
+-- existed when it started are walked (detail ->> 'boundary_id'): later rows
+-- got their parts from the writer or the trigger.
+--
+-- Set-up, once, in one transaction: the old rows' ids are cut into chunks
+-- of cex.backfill_batch_size rows (table cex_backfill_chunks), and the ids
+-- of old rows whose (exchange, trade_id) occurs more than once are noted
+-- (cex_backfill_dup_ids). Only those rows can be replayed duplicates, so
+-- only they are looked up in uq_trades_dedup; every other row of a chunk is
+-- split by one plain UPDATE, each distinct symbol split once. That keeps the
+-- backfill close to the cost of one UPDATE of every row
+-- (bench/bench_migration_001.py).
+--
+-- Then each chunk is one transaction: claim it (FOR UPDATE SKIP LOCKED, so
+-- several sessions may CALL this at once, each on other chunks: the
+-- runner's `parallel` step), archive its duplicates, split the rest, mark it
+-- done, add to the counters in migration_progress ('001',
+-- 'backfill_symbols'). A crash loses the chunk in hand only; a re-CALL takes
+-- the chunks not done; a CALL after the end does nothing. `position` is a
+-- low-water mark: every old id up to it is done (with one session, nothing
+-- above it is). Sleeps cex.backfill_sleep_ms between chunks. The session
+-- that finds every chunk done drops the two tables and reports.
+--
+-- A duplicate is removed BEFORE its group's kept row gets base/quote, since
+-- that update is what uq_trades_dedup checks. A row written since the
+-- foreground part (base/quote set) that replays an old trade, or a
+-- duplicate split meanwhile by another session, makes the chunk's UPDATE
+-- fail on uq_trades_dedup: the chunk is rolled back (a subtransaction) and
+-- done again with every row looked up, which archives the later row and
+-- keeps the lowest id. A row written since the set-up that replays an old
+-- trade at another time meets no unique index; the finishing session
+-- archives those (one lookup each of the rows above the boundary).
+CREATE OR REPLACE PROCEDURE cex_backfill_trade_symbols(p_batch_size integer DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    batch_size integer := coalesce(
+        p_batch_size, nullif(current_setting('cex.backfill_batch_size', true), '')::integer, 50000);
+    sleep_ms integer := coalesce(nullif(current_setting('cex.backfill_sleep_ms', true), '')::integer, 0);
+    progress migration_progress%ROWTYPE;
+    boundary bigint;
+    start_after bigint;
+    c_lo bigint;
+    c_hi bigint;
+    look_up_all boolean;
+    examined bigint;
+    unsplittable bigint;
+    archived integer;
+    archived_later integer;
+    violating bigint[];
+    survivor record;
+    attempt integer;
+BEGIN
+    IF batch_size < 1 THEN
+        RAISE EXCEPTION 'migration 001: backfill batch size must be positive, got %', batch_size;
+    END IF;
+
+    -- Set-up, once. A session that comes second waits for the first's
+    -- set-up to commit (however long the scans take), then finds it done.
+    PERFORM set_config('lock_timeout', '0', true);
+    INSERT INTO migration_progress (version, task, rows_done, detail)
+    VALUES ('001', 'backfill_symbols', 0, '{}'::jsonb)
+    ON CONFLICT (version, task) DO NOTHING;
+    SELECT * INTO progress FROM migration_progress
+    WHERE version = '001' AND task = 'backfill_symbols' FOR UPDATE;
+    IF NOT progress.done AND NOT progress.detail ? 'chunks' THEN
+        PERFORM set_config('work_mem', '256MB', true), set_config('jit', 'off', true);
+        boundary := coalesce((progress.detail ->> 'boundary_id')::bigint, (SELECT max(id) FROM trades));
+        start_after := coalesce(progress.position::bigint, -9223372036854775808);
+        CREATE TABLE IF NOT EXISTS cex_backfill_chunks (
+            lo   bigint  PRIMARY KEY,  -- the chunk is lo < id <= hi
+            hi   bigint  NOT NULL,
+            done boolean NOT NULL DEFAULT false
+        );
+        CREATE TABLE IF NOT EXISTS cex_backfill_dup_ids (id bigint PRIMARY KEY);
+        INSERT INTO cex_backfill_chunks (lo, hi)
+        SELECT coalesce(lag(e) OVER (ORDER BY e), start_after), e
+        FROM (SELECT id AS e
+              FROM (SELECT id, row_number() OVER (ORDER BY id) AS n
+                    FROM trades WHERE id > start_after AND id <= boundary) AS s
+              WHERE n % batch_size = 0 OR id = boundary) AS ends;
+        -- Candidates: every old row of an (exchange, trade_id) seen more than
+        -- once. The dedup key also has base/quote, so this is a superset.
+        INSERT INTO cex_backfill_dup_ids (id)
+        SELECT t.id
+        FROM trades t
+        JOIN (SELECT exchange, trade_id FROM trades
+              WHERE id <= boundary AND trade_id IS NOT NULL
+              GROUP BY exchange, trade_id HAVING count(*) > 1) AS k
+          ON k.exchange = t.exchange AND k.trade_id = t.trade_id
+        WHERE t.id > start_after AND t.id <= boundary
+        ON CONFLICT DO NOTHING;
+        UPDATE migration_progress p
+        SET rows_total = coalesce(p.rows_total, (SELECT count(*) FROM trades
+                                                 WHERE symbol_base IS NULL AND id <= boundary)),
+            detail = jsonb_build_object('rows_split', 0, 'unsplittable_rows', 0,
+                                        'unsplittable_symbols', '{}'::jsonb, 'duplicates_archived', 0)
+                     || p.detail
+                     || jsonb_build_object('boundary_id', boundary,
+                                           'chunks', (SELECT count(*) FROM cex_backfill_chunks),
+                                           'duplicate_candidates', (SELECT count(*) FROM cex_backfill_dup_ids)),
+            updated_at = now()
+        WHERE p.version = '001' AND p.task = 'backfill_symbols'
+        RETURNING * INTO progress;
+    END IF;
+    COMMIT;
+    boundary := (progress.detail ->> 'boundary_id')::bigint;
+
+    CREATE TEMP TABLE IF NOT EXISTS cex_backfill_symbols (  -- the chunk's distinct symbols
+        symbol  varchar(50),
+        n       bigint,
+        parts   text[]
+    ) ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS cex_backfill_batch (    -- the chunk's duplicate candidates
+        id          bigint,
+        ts          timestamptz,
+        exchange    varchar(50),
+        trade_id    varchar(100),
+        parts       text[],
+        keep_id     bigint,      -- lowest id of the trade: the row that stays
+        settled_max bigint       -- highest id of the trade among rows with parts set
+    ) ON COMMIT DELETE ROWS;
+
+    LOOP
+        EXIT WHEN progress.done;
+        c_lo := NULL;
+        BEGIN
+            SELECT lo, hi INTO c_lo, c_hi FROM cex_backfill_chunks
+            WHERE NOT done ORDER BY lo LIMIT 1 FOR UPDATE SKIP LOCKED;
+        EXCEPTION WHEN undefined_table THEN
+            NULL;  -- another session finished and dropped it
+        END;
+        IF c_lo IS NULL THEN
+            COMMIT;  -- hold no lock on the chunk table while finishing
+            EXIT;
+        END IF;
+
+        -- For this chunk's transaction: hash it in memory, and no JIT
+        -- (compiling costs more than it saves on one chunk).
+        PERFORM set_config('work_mem', '64MB', true), set_config('jit', 'off', true);
+        look_up_all := false;
+        attempt := 0;
+        LOOP
+            BEGIN
+                -- Each distinct symbol of the chunk's unsplit rows, split once.
+                INSERT INTO cex_backfill_symbols (symbol, n, parts)
+                SELECT symbol, count(*), cex_split_symbol(symbol)
+                FROM trades
+                WHERE id > c_lo AND id <= c_hi AND symbol_base IS NULL
+                GROUP BY symbol;
+                SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE parts IS NULL), 0)
+                INTO examined, unsplittable FROM cex_backfill_symbols;
+
+                -- The duplicate candidates (all rows, when a first try met a
+                -- row split elsewhere) and the kept row of each trade: the
+                -- lowest id among this chunk (hashed) and the rows already split
+                -- (other chunks, new writes; found through uq_trades_dedup).
+                archived := 0;
+                archived_later := 0;
+                INSERT INTO cex_backfill_batch (id, ts, exchange, trade_id, parts, keep_id, settled_max)
+                WITH src AS MATERIALIZED (
+                    SELECT t.id, t."timestamp" AS ts, t.exchange, t.trade_id, m.parts
+                    FROM trades t
+                    JOIN cex_backfill_symbols m ON m.symbol = t.symbol AND m.parts IS NOT NULL
+                    WHERE t.id > c_lo AND t.id <= c_hi AND t.symbol_base IS NULL
+                      AND t.trade_id IS NOT NULL
+                      AND (look_up_all OR t.id IN (SELECT d.id FROM cex_backfill_dup_ids d
+                                                   WHERE d.id > c_lo AND d.id <= c_hi))
+                ), repeated AS (  -- trades that occur more than once in this chunk
+                    SELECT exchange, parts, trade_id, min(id) AS first_id
+                    FROM src
+                    GROUP BY exchange, parts, trade_id
+                    HAVING count(*) > 1
+                )
+                SELECT k.id, k.ts, k.exchange, k.trade_id, k.parts,
+                       least(coalesce(r.first_id, k.id), s.min_id), s.max_id
+                FROM src k
+                LEFT JOIN repeated r
+                  ON r.exchange = k.exchange AND r.parts = k.parts AND r.trade_id = k.trade_id
+                LEFT JOIN LATERAL (
+                    SELECT min(t.id) AS min_id, max(t.id) AS max_id
+                    FROM trades t
+                    WHERE t.exchange = k.exchange AND t.symbol_base = k.parts[1]
+                      AND t.symbol_quote = k.parts[2] AND t.trade_id = k.trade_id
+                      AND t.trade_id IS NOT NULL) AS s ON true;
+
+                IF FOUND THEN
+                    -- Duplicates in this chunk: archive, then delete.
+                    WITH gone AS (
+                        DELETE FROM trades t
+                        USING cex_backfill_batch b
+                        WHERE t.id = b.id AND t."timestamp" = b.ts AND b.keep_id < b.id
+                          AND t.id > c_lo AND t.id <= c_hi
+                        RETURNING t.*, b.parts AS split, b.keep_id AS kept
+                    )
+                    INSERT INTO trades_duplicates_removed (
+                        id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
+                        side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept_id)
+                    SELECT id, "timestamp", exchange, symbol, split[1], split[2], price, quantity,
+                           side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
+                    FROM gone;
+                    GET DIAGNOSTICS archived = ROW_COUNT;
+
+                    -- Later rows (split elsewhere, higher ids) duplicating a kept row.
+                    IF EXISTS (SELECT 1 FROM cex_backfill_batch WHERE keep_id = id AND settled_max > id) THEN
+                        WITH gone AS (
+                            DELETE FROM trades t
+                            USING cex_backfill_batch b
+                            WHERE b.keep_id = b.id AND b.settled_max > b.id
+                              AND t.exchange = b.exchange AND t.symbol_base = b.parts[1]
+                              AND t.symbol_quote = b.parts[2] AND t.trade_id = b.trade_id AND t.id > b.id
+                            RETURNING t.*, b.id AS kept
+                        )
+                        INSERT INTO trades_duplicates_removed (
+                            id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
+                            side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept_id)
+                        SELECT id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
+                               side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
+                        FROM gone;
+                        GET DIAGNOSTICS archived_later = ROW_COUNT;
+                    END IF;
+                END IF;
+
+                -- Split every remaining unsplit row of the chunk.
+                violating := '{}';
+                BEGIN
+                    UPDATE trades t
+                    SET symbol_base = m.parts[1], symbol_quote = m.parts[2]
+                    FROM cex_backfill_symbols m
+                    WHERE t.id > c_lo AND t.id <= c_hi AND t.symbol_base IS NULL
+                      AND m.symbol = t.symbol AND m.parts IS NOT NULL;
+                EXCEPTION WHEN check_violation THEN
+                    -- An old row breaks a constraint the foreground part added NOT
+                    -- VALID (say side 'BUY'), and PostgreSQL checks those on UPDATE.
+                    -- Split this chunk row by row; such rows stay as they were.
+                    FOR survivor IN
+                        SELECT t.id, t."timestamp" AS ts, m.parts
+                        FROM trades t JOIN cex_backfill_symbols m ON m.symbol = t.symbol
+                        WHERE t.id > c_lo AND t.id <= c_hi AND t.symbol_base IS NULL
+                          AND m.parts IS NOT NULL
+                    LOOP
+                        BEGIN
+                            UPDATE trades
+                            SET symbol_base = survivor.parts[1], symbol_quote = survivor.parts[2]
+                            WHERE id = survivor.id AND "timestamp" = survivor.ts AND symbol_base IS NULL;
+                        EXCEPTION WHEN check_violation THEN
+                            violating := violating || survivor.id;
+                        END;
+                    END LOOP;
+                END;
+
+                UPDATE cex_backfill_chunks SET done = true WHERE lo = c_lo;
+                UPDATE migration_progress p
+                SET position = coalesce((SELECT min(lo) FROM cex_backfill_chunks WHERE NOT done),
+                                        boundary)::text,
+                    rows_done = p.rows_done + examined,
+                    updated_at = now(),
+                    detail = p.detail || jsonb_build_object(
+                        'rows_split', (p.detail ->> 'rows_split')::bigint
+                                      + examined - unsplittable - archived - cardinality(violating),
+                        'unsplittable_rows', (p.detail ->> 'unsplittable_rows')::bigint + unsplittable,
+                        -- rows left unsplit because they break a trades constraint
+                        'rows_violating_constraints',
+                            coalesce((p.detail ->> 'rows_violating_constraints')::bigint, 0)
+                            + cardinality(violating),
+                        'violating_ids', (
+                            SELECT to_jsonb(coalesce(array_agg(v ORDER BY v), '{}'))
+                            FROM (SELECT v FROM (SELECT jsonb_array_elements_text(
+                                                     coalesce(p.detail -> 'violating_ids', '[]'))::bigint
+                                                 UNION ALL SELECT unnest(violating)) AS x(v)
+                                  ORDER BY v LIMIT 100) AS first_ids),
+                        'duplicates_archived',
+                            (p.detail ->> 'duplicates_archived')::bigint + archived + archived_later,
+                        -- chunks done again after meeting a row split elsewhere meanwhile
+                        'chunks_redone', coalesce((p.detail ->> 'chunks_redone')::bigint, 0)
+                                         + least(attempt, 1),
+                        -- the 100 most frequent unsplittable symbols with their row counts
+                        'unsplittable_symbols', (
+                            SELECT coalesce(jsonb_object_agg(sym, n), '{}'::jsonb)
+                            FROM (SELECT sym, sum(n)::bigint AS n
+                                  FROM (SELECT key AS sym, value::bigint AS n
+                                        FROM jsonb_each_text(p.detail -> 'unsplittable_symbols')
+                                        UNION ALL
+                                        SELECT symbol, n FROM cex_backfill_symbols
+                                        WHERE parts IS NULL) AS u
+                                  GROUP BY sym ORDER BY sum(n) DESC, sym LIMIT 100) AS top))
+                WHERE p.version = '001' AND p.task = 'backfill_symbols'
+                RETURNING * INTO progress;
+                EXIT;
+            EXCEPTION WHEN unique_violation OR deadlock_detected THEN
+                -- A row of this chunk's trades was split elsewhere meanwhile (a
+                -- writer, another session): the chunk is rolled back (this block
+                -- is a subtransaction); do it again looking every row up.
+                attempt := attempt + 1;
+                IF attempt >= 5 THEN
+                    RAISE;
+                END IF;
+                IF look_up_all THEN
+                    RAISE NOTICE 'migration 001: backfill_symbols: chunk after id % met a concurrent '
+                                 'write (%), retrying', c_lo, SQLERRM;
+                    PERFORM pg_sleep(0.1 * attempt);
+                END IF;
+                look_up_all := true;
+            END;
+        END LOOP;
+        COMMIT;
+        RAISE NOTICE 'migration 001: backfill_symbols: %/% rows, ids up to % done; % unsplittable, % duplicates archived',
+                     progress.rows_done, progress.rows_total, progress.position,
+                     progress.detail ->> 'unsplittable_rows', progress.detail ->> 'duplicates_archived';
+        IF sleep_ms > 0 THEN
+            PERFORM pg_sleep(sleep_ms / 1000.0);
+        END IF;
+    END LOOP;
+
+    -- Nothing left to claim. Finish if every chunk is done; a chunk still in
+    -- another session's hands is finished by that session.
+    SELECT * INTO progress FROM migration_progress
+    WHERE version = '001' AND task = 'backfill_symbols' FOR UPDATE;
+    IF NOT progress.done THEN
+        IF to_regclass('cex_backfill_chunks') IS NOT NULL
+           AND EXISTS (SELECT 1 FROM cex_backfill_chunks WHERE NOT done) THEN
+            COMMIT;
+            RAISE NOTICE 'migration 001: backfill_symbols: no chunk left for this session; '
+                         'another session is finishing the last ones';
+            RETURN;
+        END IF;
+        -- Rows written since the set-up (ids above the boundary, split by their
+        -- writer) that replay an old trade, at another time than the old row
+        -- (at the same time, uq_trades_dedup made the chunk look them up):
+        -- archived, the old row stays.
+        WITH later AS (
+            SELECT n.id, n."timestamp" AS ts, min(o.id) AS kept
+            FROM trades n
+            JOIN trades o
+              ON o.exchange = n.exchange AND o.symbol_base = n.symbol_base
+             AND o.symbol_quote = n.symbol_quote AND o.trade_id = n.trade_id
+             AND o.trade_id IS NOT NULL AND o.id <= boundary
+            WHERE n.id > boundary AND n.trade_id IS NOT NULL
+            GROUP BY n.id, n."timestamp"
+        ), gone AS (
+            DELETE FROM trades t USING later l
+            WHERE t.id = l.id AND t."timestamp" = l.ts
+            RETURNING t.*, l.kept
+        )
+        INSERT INTO trades_duplicates_removed (
+            id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
+            side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept_id)
+        SELECT id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
+               side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
+        FROM gone;
+        GET DIAGNOSTICS archived_later = ROW_COUNT;
+        DROP TABLE IF EXISTS cex_backfill_chunks, cex_backfill_dup_ids;
+        UPDATE migration_progress p
+        SET done = true, position = coalesce(boundary::text, p.position), updated_at = now(),
+            detail = p.detail || jsonb_build_object(
+                'duplicates_archived', (p.detail ->> 'duplicates_archived')::bigint + archived_later)
+        WHERE p.version = '001' AND p.task = 'backfill_symbols'
+        RETURNING * INTO progress;
+        COMMIT;
+        IF coalesce((progress.detail ->> 'rows_violating_constraints')::bigint, 0) > 0 THEN
+            RAISE WARNING 'migration 001: % rows break a constraint of trades (see the WARNING of '
+                          'validate_constraints) and were left unsplit, ids (first 100): %; fix them, '
+                          'then set their symbol_base/symbol_quote from cex_split_symbol(symbol)',
+                          progress.detail ->> 'rows_violating_constraints', progress.detail -> 'violating_ids';
+        END IF;
+        IF (progress.detail ->> 'unsplittable_rows')::bigint > 0 THEN
+            RAISE NOTICE 'migration 001: % rows have a symbol no rule splits; they are kept as they '
+                         'were, with NULL symbol_base/symbol_quote: %',
+                         progress.detail ->> 'unsplittable_rows', progress.detail -> 'unsplittable_symbols';
+        END IF;
+    ELSE
+        COMMIT;
+    END IF;
+    RAISE NOTICE 'migration 001: backfill_symbols: done (% rows); % unsplittable rows kept with '
+                 'NULL symbol_base/symbol_quote; % duplicates in trades_duplicates_removed',
+                 progress.rows_done, progress.detail ->> 'unsplittable_rows',
+                 progress.detail ->> 'duplicates_archived';
+END
+$$;
+
+-- migrate:psql-only
+SELECT migration_record_manual('R__trade_backfill', 'trade_backfill', 'trade_collection');

@@ -1,0 +1,130 @@
+"""The parsed migration set as plain values: migrations, their steps, and routines.
+
+One value that the planner, the dry run and the executor share; nothing
+here touches a database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+from cex_arbitrage.db.migrator.split import split_statements
+
+# The migration that creates the history table every other one records into.
+INFRASTRUCTURE_VERSION = "000"
+# History rows of routines carry this prefix in `version` (it never starts a number).
+ROUTINE_PREFIX = "R__"
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """A run of SQL executed the same way: in one transaction, or statement by statement."""
+
+    name: str
+    sql: str
+    transactional: bool
+    background: bool
+    line: int
+    # Indexes (in `statements`) of statements that set up session state (a
+    # SET, a temp table): replayed first when a run resumes mid-step on a new
+    # connection, because that state died with the old one.
+    session_statements: frozenset[int] = frozenset()
+    # `parallel`: each statement shares its work out itself (claims with
+    # FOR UPDATE SKIP LOCKED), so the runner may run it on several sessions.
+    parallel: bool = False
+
+    @property
+    def statements(self) -> list[str]:
+        return split_statements(self.sql)
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    """One parsed versioned migration file."""
+
+    version: str
+    name: str
+    filename: str
+    feature: str | None
+    depends: tuple[str, ...]
+    description: str
+    steps: tuple[Step, ...]
+    checksum: str
+    # Checksums of earlier releases of this file that this one replaces on
+    # purpose, with the same schema (`-- migrate:replaces CHECKSUM REASON`):
+    # a database that recorded one of them is current, not edited.
+    replaces: frozenset[str] = frozenset()
+
+    @property
+    def foreground_steps(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if not s.background)
+
+    @property
+    def background_steps(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.background)
+
+    @property
+    def execution_order(self) -> tuple[Step, ...]:
+        """Foreground steps in file order, then background steps; history counts in this order."""
+        return self.foreground_steps + self.background_steps
+
+    @property
+    def single_transaction(self) -> bool:
+        """True when the whole foreground part can run as one transaction."""
+        return all(s.transactional for s in self.foreground_steps)
+
+    @property
+    def label(self) -> str:
+        return f"{self.version}_{self.name}"
+
+    @property
+    def is_infrastructure(self) -> bool:
+        return self.version == INFRASTRUCTURE_VERSION
+
+    def checksum_matches(self, recorded: str) -> bool:
+        """The recorded checksum is this file's, or one of a release it replaces."""
+        return recorded == self.checksum or recorded in self.replaces
+
+
+@dataclasses.dataclass(frozen=True)
+class Routine:
+    """A repeatable file (`R__name.sql`): code replaced, not migrated.
+
+    Functions, procedures and views: the whole file runs again, in one
+    transaction with its history row, whenever its checksum differs from the
+    recorded one, before any pending step that may call it.
+    """
+
+    name: str
+    filename: str
+    feature: str | None
+    description: str
+    sql: str
+    checksum: str
+
+    @property
+    def key(self) -> str:
+        """Its `migration_history.version`."""
+        return f"{ROUTINE_PREFIX}{self.name}"
+
+    @property
+    def label(self) -> str:
+        return self.key
+
+
+@dataclasses.dataclass(frozen=True)
+class Catalog:
+    """A whole validated migration set: versioned files in order, and routines by name."""
+
+    migrations: tuple[Migration, ...]
+    routines: tuple[Routine, ...] = ()
+
+    def by_version(self) -> dict[str, Migration]:
+        return {m.version: m for m in self.migrations}
+
+
+def checksum_of(text: str) -> str:
+    """SHA-256 of the file with line endings normalised, so a CRLF checkout is not drift."""
+    normalised = text.replace("\r\n", "\n").replace("\r", "\n")
+    return hashlib.sha256(normalised.encode("utf-8")).hexdigest()

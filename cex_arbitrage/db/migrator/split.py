@@ -1,0 +1,111 @@
+"""Split SQL text into statements the way psql does, and read what a statement builds.
+
+Understands quoted strings (with E'' escapes), quoted identifiers, dollar
+quoting, line and nested block comments.
+"""
+
+from __future__ import annotations
+
+import re
+
+_INDEX_CONCURRENTLY_RE = re.compile(
+    r"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    r"(?!ON\b)"  # `CREATE INDEX CONCURRENTLY ON t (...)` has no name to look for
+    r"(?P<name>\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)",
+    re.IGNORECASE,
+)
+_DOLLAR_TAG_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
+
+
+def concurrent_index_name(statement: str) -> str | None:
+    """The index a `CREATE INDEX CONCURRENTLY` builds, so an INVALID leftover can be dropped."""
+    match = _INDEX_CONCURRENTLY_RE.match(strip_leading_comments(statement))
+    if not match:
+        return None
+    name = match["name"]
+    if name.startswith('"'):
+        return name[1:-1].replace('""', '"')
+    return name.lower()
+
+
+def strip_leading_comments(sql: str) -> str:
+    """The statement without the comments and blank lines before it."""
+    out = sql.lstrip()
+    while out.startswith("--") or out.startswith("/*"):
+        if out.startswith("--"):
+            nl = out.find("\n")
+            out = "" if nl < 0 else out[nl + 1 :].lstrip()
+        else:
+            end = out.find("*/")
+            out = "" if end < 0 else out[end + 2 :].lstrip()
+    return out
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split SQL into statements on top-level semicolons.
+
+    Understands what psql understands: quoted strings (with E'' escapes),
+    quoted identifiers, dollar quoting, line and nested block comments.
+    Comment-only fragments are dropped. SQL-standard `BEGIN ATOMIC` bodies are
+    not supported (use a dollar-quoted body).
+    """
+    statements: list[str] = []
+    i, start, n = 0, 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch == "-" and sql.startswith("--", i):
+            nl = sql.find("\n", i)
+            i = n if nl < 0 else nl + 1
+        elif ch == "/" and sql.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if sql.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif sql.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        elif ch == "'":
+            escapes = i > 0 and sql[i - 1] in "eE" and (i < 2 or not _ident_char(sql[i - 2]))
+            i += 1
+            while i < n:
+                if escapes and sql[i] == "\\":
+                    i += 2
+                    continue
+                if sql[i] == "'":
+                    if i + 1 < n and sql[i + 1] == "'":
+                        i += 2
+                        continue
+                    break
+                i += 1
+            i += 1
+        elif ch == '"':
+            end = sql.find('"', i + 1)
+            while end >= 0 and sql.startswith('""', end):
+                end = sql.find('"', end + 2)
+            i = n if end < 0 else end + 1
+        elif ch == "$" and (i == 0 or not _ident_char(sql[i - 1])):
+            match = _DOLLAR_TAG_RE.match(sql, i)
+            if match:
+                tag = match.group(0)
+                end = sql.find(tag, i + len(tag))
+                i = n if end < 0 else end + len(tag)
+            else:
+                i += 1
+        elif ch == ";":
+            _append(statements, sql[start:i])
+            i += 1
+            start = i
+        else:
+            i += 1
+    _append(statements, sql[start:])
+    return statements
+
+
+def _ident_char(ch: str) -> bool:
+    return ch.isalnum() or ch in "_$"
+
+
+def _append(statements: list[str], fragment: str) -> None:
+    if strip_leading_comments(fragment).strip():
+        statements.append(fragment.strip() + ";")

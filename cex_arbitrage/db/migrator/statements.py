@@ -1,0 +1,115 @@
+"""Send SQL with bounded lock waits: a lock timeout is retried with backoff, then reported.
+
+A DDL statement waiting for a table lock blocks every insert queued behind
+it, so each wait is bounded by `lock_timeout` (the collectors stall at most
+that long) and retried `lock_retries` times with jittered backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import asyncpg
+
+from cex_arbitrage.db.migrator.failures import is_connection_lost, record_failure, rollback, wrap
+from cex_arbitrage.db.migrator.invalid_index import drop_invalid_index
+from cex_arbitrage.db.migrator.model import Migration, Step
+from cex_arbitrage.db.migrator.session import RunContext
+from cex_arbitrage.db.migrator.split import concurrent_index_name
+from cex_arbitrage.errors import TableLockTimeoutError
+
+LOCK_ERRORS = (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError)
+
+
+async def transaction_with_retry(
+    ctx: RunContext, m: Migration, message: str, *, step: Step | None, background: bool
+) -> None:
+    """One `BEGIN; ...; COMMIT;` message; rolled back and retried while a lock is not had."""
+    attempt = 0
+    while True:
+        try:
+            await ctx.conn.execute(message)
+            return
+        except LOCK_ERRORS as exc:
+            await rollback(ctx, m)
+            attempt += 1
+            if attempt > ctx.db.lock_retries:
+                await record_failure(ctx, m, exc, step, background=background)
+                raise TableLockTimeoutError(
+                    f"{ctx.database}: {m.label}: could not get a table lock within "
+                    f"{ctx.db.lock_timeout_ms} ms after {attempt} attempts ({exc}); the "
+                    "migration was rolled back. Long transactions on the tables hold it "
+                    "up; see `status --verbose` pre-flight warnings, then run again",
+                    version=m.version,
+                    step=step.name if step else None,
+                    statement_index=None,
+                    attempts=attempt,
+                ) from exc
+            await backoff(ctx, m, attempt, exc)
+        except Exception as exc:
+            if not is_connection_lost(exc):
+                await rollback(ctx, m)
+                await record_failure(ctx, m, exc, step, background=background)
+            raise wrap(ctx, exc, m, step, background=background) from exc
+
+
+async def statement_with_retry(
+    ctx: RunContext,
+    m: Migration,
+    step: Step,
+    statement: str,
+    *,
+    background: bool,
+    index: int | None = None,
+    conn: asyncpg.Connection | None = None,
+    record: bool = True,
+) -> None:
+    """One autocommit statement of a `transaction:false` step, retried on lock timeouts."""
+    conn = conn or ctx.conn
+    attempt = 0
+    while True:
+        try:
+            await conn.execute(statement)
+            return
+        except LOCK_ERRORS as exc:
+            attempt += 1
+            if attempt > ctx.db.lock_retries:
+                if record:
+                    await record_failure(
+                        ctx, m, exc, step, background=background, statement=statement
+                    )
+                raise TableLockTimeoutError(
+                    f"{ctx.database}: {m.label}: step {step.name}: could not get a lock "
+                    f"within {ctx.db.lock_timeout_ms} ms after {attempt} attempts: {exc}. "
+                    "Statements before it are done; run again to resume here",
+                    version=m.version,
+                    step=step.name,
+                    statement_index=index,
+                    attempts=attempt,
+                ) from exc
+            index_name = concurrent_index_name(statement)
+            if index_name is not None:
+                await drop_invalid_index(ctx, m, index_name)
+            await backoff(ctx, m, attempt, exc)
+        except Exception as exc:
+            if record and not is_connection_lost(exc):
+                await record_failure(ctx, m, exc, step, background=background, statement=statement)
+            raise wrap(
+                ctx,
+                exc,
+                m,
+                step,
+                background=background,
+                statement=statement,
+                statement_index=index,
+            ) from exc
+
+
+async def backoff(ctx: RunContext, m: Migration, attempt: int, exc: BaseException) -> None:
+    delay = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5)
+    ctx.say(
+        f"{ctx.database}: {m.label}: lock not available ({type(exc).__name__}); "
+        f"retry {attempt}/{ctx.db.lock_retries} in {delay:.2f}s"
+    )
+    await asyncio.sleep(delay)

@@ -1,0 +1,247 @@
+"""Repeatable routines (R__name.sql): re-applied when they change, before the steps that call them.
+
+The field case this exists for: a database whose 001 foreground ran with the
+released 0.3.0 file (procedure bodies installed by 001 itself, recorded with
+that file's checksum) and whose backfill was left half done. The next run
+must install the current bodies without `accept-checksum`, and finish the
+backfill with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from cex_arbitrage.db.migrations import MigrationRunner
+from cex_arbitrage.db.migrator import DirectorySource, MigrationState
+from cex_arbitrage.db.migrator.model import checksum_of
+from cex_arbitrage.db.migrator.parse import parse_migration
+from cex_arbitrage.db.structs import DatabaseConfig
+from cex_arbitrage.errors import ExitCode
+from tests.conftest import REPO, pg_env, run_cli_process, write_migrations
+from tests.legacy_data import (
+    MIGRATION_000,
+    MIGRATION_001,
+    MIGRATIONS,
+    ROUTINES,
+    assert_legacy_outcome,
+    make_legacy_dataset,
+    prepare_legacy,
+    run_psql,
+)
+
+# The commit of the released 0.3.0 tree, whose 001 still installed its procedures itself.
+RELEASE_0_3_0 = "76fce883bdd97afff8eec8597ecd0507efddf119"
+RELEASED_001_CHECKSUM = "300d1f099be0beb6195ba7e6cab0d89b0577584cd8d481a47bd2a4a16a0138e3"
+
+
+def released_001() -> str:
+    """The 0.3.0 file from git history (a fresh clone has it); skip where there is no history."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs the git history of the checkout for the released 0.3.0 file")
+    path = "cex_arbitrage/db/migrations/001_add_trade_collection_support.sql"
+    shown = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{RELEASE_0_3_0}:{path}"],
+        capture_output=True,
+        text=True,
+    )
+    if shown.returncode != 0:
+        pytest.skip(f"the release commit is not in this clone's history: {shown.stderr.strip()}")
+    return shown.stdout
+
+
+def test_current_001_declares_it_replaces_the_released_file() -> None:
+    text = released_001()
+    assert checksum_of(text) == RELEASED_001_CHECKSUM
+    current = parse_migration(MIGRATION_001.name, MIGRATION_001.read_text())
+    assert RELEASED_001_CHECKSUM in current.replaces
+    # Same steps at the same positions: a half-done history row resumes at the same step.
+    old = parse_migration(MIGRATION_001.name, text)
+    assert [s.transactional for s in old.steps] == [s.transactional for s in current.steps]
+    assert [s.background for s in old.steps] == [s.background for s in current.steps]
+    assert [s.name for s in old.background_steps] == [s.name for s in current.background_steps]
+
+
+async def _half_done_backfill_of_released_001(db: DatabaseConfig, text: str, work: Path) -> None:
+    """000 by psql, the released 001's foreground recorded as its runner did, half a backfill."""
+    result = await run_psql(db, file=MIGRATION_000)
+    assert result.returncode == 0, result.stderr
+    old = parse_migration(MIGRATION_001.name, text)
+    script = []
+    for step in old.foreground_steps:
+        if step.transactional:
+            script.append(f"BEGIN;\n{step.sql}\n;\nCOMMIT;\n")
+        else:
+            script.extend(s + "\n" for s in step.statements)
+    script.append(
+        "INSERT INTO migration_history (version, name, feature, checksum, state, steps_done, "
+        f"applied_from) VALUES ('001', '{old.name}', 'trade_collection', "
+        f"'{RELEASED_001_CHECKSUM}', 'background', {len(old.foreground_steps)}, 'cex-migrate');\n"
+    )
+    foreground = work / "released_001_foreground.sql"
+    foreground.write_text("".join(script))
+    result = await run_psql(db, file=foreground, timeout=300)
+    assert result.returncode == 0, result.stderr
+    backfill = await asyncio.create_subprocess_exec(
+        "psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "CALL cex_backfill_trade_symbols()",
+        env=pg_env(db, {"PGOPTIONS": "-c cex.backfill_batch_size=500 -c cex.backfill_sleep_ms=40",
+                        "PGAPPNAME": "old-backfill"}),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    conn = await asyncpg.connect(**db.connect_kwargs())
+    try:
+        for _ in range(600):
+            done = await conn.fetchval(
+                "SELECT rows_done FROM migration_progress WHERE version = '001' "
+                "AND task = 'backfill_symbols'"
+            )
+            if done and done >= 4000:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the released backfill made no progress")
+        backfill.send_signal(signal.SIGKILL)
+        await backfill.wait()
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'old-backfill'"
+        )
+        # The released body with a bug only a new body fixes: without routines, nothing
+        # could ever replace it (001's step that installed it never runs again).
+        await conn.execute(
+            "CREATE OR REPLACE PROCEDURE cex_backfill_trade_symbols(p_batch_size integer "
+            "DEFAULT NULL) LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION "
+            "'released body: this bug is fixed in R__trade_backfill.sql'; END $$"
+        )
+    finally:
+        await conn.close()
+
+
+async def test_database_that_ran_the_released_001_gets_new_bodies_and_finishes(
+    db: DatabaseConfig, tmp_path: Path
+) -> None:
+    await _released_001_field_case(db, tmp_path, hypertables=False)
+
+
+@pytest.mark.timescale
+async def test_timescale_database_that_ran_the_released_001_gets_new_bodies_and_finishes(
+    ts_db: DatabaseConfig, tmp_path: Path
+) -> None:
+    await _released_001_field_case(ts_db, tmp_path, hypertables=True)
+
+
+async def _released_001_field_case(db: DatabaseConfig, tmp_path: Path, hypertables: bool) -> None:
+    text = released_001()
+    data = make_legacy_dataset(20_000)
+    await prepare_legacy(db, data, hypertables=hypertables)
+    await _half_done_backfill_of_released_001(db, text, tmp_path)
+
+    result = run_cli_process(["--verbose"], pg_env(db), tmp_path)
+
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "replaces the release recorded for it" in result.stderr
+    for path in ROUTINES:
+        assert f"routine {path.name} created or replaced" in result.stderr
+    assert "background steps of 001_add_trade_collection_support.sql resume" in result.stderr
+    conn = await asyncpg.connect(**db.connect_kwargs())
+    try:
+        rows = {
+            r["version"]: r
+            for r in await conn.fetch("SELECT version, state, checksum FROM migration_history")
+        }
+        assert rows["001"]["state"] == MigrationState.APPLIED.value
+        assert rows["001"]["checksum"] == checksum_of(MIGRATION_001.read_text())
+        for path in ROUTINES:
+            key = path.name.removesuffix(".sql")
+            assert rows[key]["checksum"] == checksum_of(path.read_text()), key
+        body = await conn.fetchval(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'cex_backfill_trade_symbols'"
+        )
+        assert "this bug is fixed" not in body
+        await assert_legacy_outcome(conn, data)
+    finally:
+        await conn.close()
+    status = run_cli_process(["status", "--exit-code"], pg_env(db), tmp_path)
+    assert status.returncode == ExitCode.OK, status.stdout + status.stderr
+
+
+ROUTINE_V1 = """-- migrate:description the answer
+CREATE OR REPLACE FUNCTION answer() RETURNS integer LANGUAGE sql AS $$ SELECT 1 $$;
+"""
+ROUTINE_BROKEN = """CREATE OR REPLACE FUNCTION answer() RETURNS integer
+LANGUAGE sql AS $$ SELECT $$;
+"""
+ANSWERS = """-- migrate:step table
+CREATE TABLE answers (value integer);
+-- migrate:step fill transaction:false background
+INSERT INTO answers SELECT answer();
+"""
+
+
+async def test_changed_routine_is_reapplied_before_pending_background_steps(
+    db: DatabaseConfig, tmp_path: Path
+) -> None:
+    directory = write_migrations(
+        tmp_path / "m", {"R__answer.sql": ROUTINE_V1, "001_answers.sql": ANSWERS}
+    )
+    runner = MigrationRunner(db, source=DirectorySource(directory))
+    first = await runner.migrate(background=False)
+    assert first.routines == ["R__answer"]
+    assert first.background_pending == ["001"]
+    (directory / "R__answer.sql").write_text(ROUTINE_V1.replace("SELECT 1", "SELECT 2"))
+
+    second = await runner.migrate()  # the routine first, then the background step
+
+    assert second.routines == ["R__answer"] and second.background_done == ["001"]
+    conn = await asyncpg.connect(**db.connect_kwargs())
+    try:
+        assert await conn.fetchval("SELECT value FROM answers") == 2
+    finally:
+        await conn.close()
+    statuses = {s.version: s for s in await runner.get_migration_status()}
+    assert statuses["R__answer"].state is MigrationState.APPLIED
+    third = await runner.migrate()
+    assert third.routines == [] and not third.plan.has_bookkeeping
+
+
+async def test_failed_routine_is_recorded_and_stops_the_run_before_migrations(
+    db: DatabaseConfig, tmp_path: Path
+) -> None:
+    directory = write_migrations(
+        tmp_path / "m", {"R__answer.sql": ROUTINE_BROKEN, "001_answers.sql": ANSWERS}
+    )
+    result = run_cli_process(["--migrations-dir", str(directory)], pg_env(db), tmp_path)
+    assert result.returncode == ExitCode.MIGRATION_FAILED, result.stderr
+    assert "R__answer" in result.stderr and "rolled back" in result.stderr
+    conn = await asyncpg.connect(**db.connect_kwargs())
+    try:
+        assert await conn.fetchval("SELECT to_regclass('answers')") is None
+        row = await conn.fetchrow("SELECT state, last_error FROM migration_history "
+                                  "WHERE version = 'R__answer'")  # fmt: skip
+        assert row["state"] == "failed" and "return type mismatch" in row["last_error"]
+    finally:
+        await conn.close()
+    status = run_cli_process(
+        ["status", "--exit-code", "--migrations-dir", str(directory)], pg_env(db), tmp_path
+    )
+    assert status.returncode == ExitCode.PENDING
+    assert "R__answer" in status.stdout and "failed" in status.stdout
+    (directory / "R__answer.sql").write_text(ROUTINE_V1)
+    fixed = run_cli_process(["--migrations-dir", str(directory)], pg_env(db), tmp_path)
+    assert fixed.returncode == ExitCode.OK, fixed.stderr
+
+
+def test_routine_files_run_by_plain_psql_in_the_documented_order() -> None:
+    """Each shipped routine names itself in its psql-only tail, as 000's function expects."""
+    for path in sorted(MIGRATIONS.glob("R__*.sql")):
+        text = path.read_text()
+        key = path.name.removesuffix(".sql")
+        assert f"SELECT migration_record_manual('{key}'," in text, path.name
+    assert os.path.exists(MIGRATION_000)
