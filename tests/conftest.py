@@ -8,6 +8,7 @@ skipped, visibly, without it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -47,6 +48,36 @@ def admin_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseC
     finally:
         if server is not None:
             server.stop()  # type: ignore[attr-defined]
+
+
+_ROLES = "SELECT rolname FROM pg_roles WHERE rolname LIKE 'cex%'"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_roles_the_suite_created(admin_config: DatabaseConfig) -> Iterator[None]:
+    """Roles are cluster-wide: the ones 001 created for the tests (cex_app, ...) go at the end."""
+
+    async def names() -> set[str]:
+        conn = await asyncpg.connect(**admin_config.connect_kwargs())
+        try:
+            return {r["rolname"] for r in await conn.fetch(_ROLES)}
+        finally:
+            await conn.close()
+
+    async def drop(roles: set[str]) -> None:
+        conn = await asyncpg.connect(**admin_config.connect_kwargs())
+        try:
+            for role in sorted(roles):
+                try:
+                    await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+                except asyncpg.PostgresError as exc:  # still granted in a database left behind
+                    print(f"role {role} kept: {exc}")
+        finally:
+            await conn.close()
+
+    before = asyncio.run(names())
+    yield
+    asyncio.run(drop(asyncio.run(names()) - before))
 
 
 async def create_database(admin: DatabaseConfig, prefix: str = "cex_test") -> DatabaseConfig:

@@ -542,3 +542,29 @@ async def test_config_from_the_environment_reaches_the_database(
         await conn.close()
     assert row is not None
     assert (row["db"], row["app"]) == (db.database, "config-test")
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:p/ss@host:5432/db",
+    "postgresql://u:p#ss@host:5432/db",
+    "postgresql://u:p?ss@host:5432/db",
+])  # fmt: skip
+def test_raw_special_character_in_url_password_hints_percent_encoding(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        database_from_url(url)
+    assert "percent-encode" in caught.value.message and "%2F" in caught.value.message
+    secret = url.split("u:", 1)[1].split("@", 1)[0]
+    assert secret not in caught.value.message  # the password is never echoed
+
+
+def test_percent_encoded_password_is_read() -> None:
+    assert database_from_url("postgresql://u:p%2Fss%40x@host/db").password == "p/ss@x"
+
+
+@pytest.mark.parametrize("role", ["CexApp", "cex-app", "cex app", "1cex", '"cex"'])
+def test_role_names_that_would_create_a_new_role_are_refused(tmp_path: Path, role: str) -> None:
+    write_config(tmp_path, f"migrations:\n  app_role: '{role}'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "config.yaml", env={})
+    assert "migrations.app_role" in caught.value.message
+    assert "not a plain role name" in caught.value.message

@@ -82,6 +82,15 @@ def _url_fields(url: str, where: str) -> dict[str, Any]:
         parts = urlsplit(text)
     except ValueError:
         raise ConfigError(f"{where}: not a valid URL (check the host part)") from None
+    # A raw / ? or # in the password ends the host part early, so the error shows up
+    # as a bad port, fragment or parameter: say what the likely cause is.
+    cut = "@" in text.split("://", 1)[1] and "@" not in parts.netloc
+    hint = (
+        "; if the password contains / ? # @ : % or spaces, percent-encode them "
+        "(/ is %2F, ? %3F, # %23, @ %40, : %3A, % %25)"
+        if cut
+        else ""
+    )
     fields: dict[str, Any] = {}
     hostinfo = parts.netloc.rpartition("@")[2]
     if "," in hostinfo:
@@ -91,7 +100,7 @@ def _url_fields(url: str, where: str) -> dict[str, Any]:
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(f"{where}: the port must be a number between 1 and 65535") from None
+        raise ConfigError(f"{where}: the port must be a number between 1 and 65535{hint}") from None
     if port is not None:
         if port == 0:
             raise ConfigError(f"{where}: the port must be a number between 1 and 65535")
@@ -104,13 +113,13 @@ def _url_fields(url: str, where: str) -> dict[str, Any]:
     if dbname:
         fields["database"] = dbname
     if parts.fragment:
-        raise ConfigError(f"{where}: a URL fragment ('#...') is not allowed")
+        raise ConfigError(f"{where}: a URL fragment ('#...') is not allowed{hint}")
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         field = _URL_PARAMS.get(name)
         if field is None:
             raise ConfigError(
                 f"{where}: query parameter '{name}' is not supported "
-                f"(supported: {', '.join(_URL_PARAMS)})"
+                f"(supported: {', '.join(_URL_PARAMS)}){hint}"
             )
         if value == "":
             continue

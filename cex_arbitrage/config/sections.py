@@ -11,8 +11,8 @@ from cex_arbitrage.config.values import (
     _choice,
     _Convert,
     _integer,
+    _role_name,
     _seconds,
-    _text,
 )
 from cex_arbitrage.db.structs import DEFAULT_FEATURES
 from cex_arbitrage.errors import ConfigError
@@ -29,8 +29,8 @@ _MIGRATION_KEYS: dict[str, _Convert] = {
     "wait_timeout": _seconds(),
     "boot_wait_timeout": _seconds(),
     "progress_interval": _seconds(positive=True),
-    "app_role": _text(),
-    "readonly_role": _text(),
+    "app_role": _role_name,
+    "readonly_role": _role_name,
     "backfill_batch_size": _integer(1),
     "backfill_sleep_ms": _integer(0),
     "parallel_sessions": _integer(1),

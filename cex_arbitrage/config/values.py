@@ -119,3 +119,20 @@ def _choice(*choices: str) -> _Convert:
         raise ConfigError(f"{where}: must be one of {', '.join(choices)}; got {_shown(value)}")
 
     return convert
+
+
+_ROLE_NAME = re.compile(r"[a-z_][a-z0-9_$]{0,62}")
+
+
+def _role_name(value: object, where: str) -> object:
+    """A role name as SQL writes it unquoted (lower case): a typo'd or quoted-only name
+    would be created as a new role, cluster-wide, and the real one left without grants."""
+    text = _text()(value, where)
+    assert isinstance(text, str)
+    if not _ROLE_NAME.fullmatch(text):
+        raise ConfigError(
+            f"{where}: {text!r} is not a plain role name; use lower-case letters, digits, "
+            "_ and $ (starting with a letter or _), at most 63 characters, as the role "
+            "is named in PostgreSQL (\\du in psql lists them)"
+        )
+    return text

@@ -46,6 +46,7 @@ _ONLY_FOR: dict[str, tuple[str, tuple[str, ...]]] = {
     "target": ("--target", ("apply",)),
     "dry_run": ("--dry-run", ("apply",)),
     "no_background": ("--no-background", ("apply",)),
+    "wait_background": ("--wait-background", ("apply",)),
     "depends": ("--depends", ("new",)),
     "non_transactional": ("--non-transactional", ("new",)),
 }
@@ -87,11 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="status: exit 6 when something is pending, failed or drifted",
     )
-    parser.add_argument(
-        "--no-background",
-        action="store_true",
-        help="apply: leave background steps (backfills) to the engines",
-    )
+    _add_background_options(parser)
     parser.add_argument(
         "--feature",
         action="append",
@@ -106,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"use the migrations in DIR instead of the package's (also ${MIGRATIONS_DIR_ENV}); "
         "new writes there",
     )
+    _add_new_options(parser)
+    return parser
+
+
+def _add_new_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `new NAME` only."""
     parser.add_argument(
         "--depends",
         metavar="V,V",
@@ -116,7 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="new: add a transaction:false step (CREATE INDEX CONCURRENTLY and the like)",
     )
-    return parser
+
+
+def _add_background_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-background",
+        action="store_true",
+        help="apply: leave background steps (backfills) to the engines",
+    )
+    parser.add_argument(
+        "--wait-background",
+        action="store_true",
+        help="apply: when another runner is running the background steps, wait for it "
+        "(up to migrations.lock_wait_timeout) instead of leaving them to it",
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -125,6 +141,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"{args.command} needs {_ARGUMENT[args.command]}")
     if args.version and args.command not in _ARGUMENT:
         raise ConfigError(f"unexpected argument {args.version!r}")
+    if args.no_background and args.wait_background:
+        raise ConfigError("--wait-background and --no-background contradict each other")
     for attr, (option, commands) in _ONLY_FOR.items():
         if getattr(args, attr) in (None, False) or args.command in commands:
             continue

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 import re
+import shlex
 import signal
 import sys
 import time
@@ -30,7 +31,13 @@ from cex_arbitrage.db.cli_args import (
 from cex_arbitrage.db.cli_args import (
     check_arguments as _check_arguments,
 )
-from cex_arbitrage.errors import ConfigError, ExitCode, MigrationError, ValidationError
+from cex_arbitrage.errors import (
+    ChecksumMismatchError,
+    ConfigError,
+    ExitCode,
+    MigrationError,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
     from cex_arbitrage.config import AppConfig
@@ -181,6 +188,12 @@ async def _run(args: argparse.Namespace, prep: _Prepared, db: DatabaseConfig) ->
         return 0
     if args.command == "accept-checksum":
         old = await runner.accept_checksum(args.version)
+        if old == runner.catalog().by_version()[args.version].checksum:
+            print(
+                f"{db.display}: the recorded checksum of version {args.version} already "
+                "matches the file; nothing changed"
+            )
+            return 0
         print(
             f"{db.display}: recorded the current checksum of version {args.version} "
             f"(was {old[:12] or 'none'}…)"
@@ -202,7 +215,9 @@ async def _apply(
     args: argparse.Namespace, runner: MigrationRunner, target: str | None, db: DatabaseConfig
 ) -> int:
     started = time.monotonic()
-    result = await runner.migrate(target, background=not args.no_background)
+    result = await runner.migrate(
+        target, background=not args.no_background, wait_background=args.wait_background
+    )
     total = int((time.monotonic() - started) * 1000)
     if result.applied:
         parts = ", ".join(f"{v} ({result.durations_ms[v]} ms)" for v in result.applied)
@@ -211,7 +226,13 @@ async def _apply(
         print(f"{db.display}: {_CURRENT}")
     if result.background_done:
         print(f"{db.display}: background steps finished: {', '.join(result.background_done)}")
-    if result.background_pending:
+    if result.background_elsewhere and result.background_pending:
+        print(
+            f"{db.display}: background steps of {', '.join(result.background_pending)} are "
+            f"being run by {result.background_elsewhere}; not waiting for them "
+            "(`status` shows how far they are; --wait-background waits)"
+        )
+    elif result.background_pending:
         print(
             f"{db.display}: background steps still pending (engines run them; "
             f"`background` runs them here): {', '.join(result.background_pending)}"
@@ -219,6 +240,28 @@ async def _apply(
     for m in result.plan.disabled:
         print(f"{db.display}: skipped {m.filename}: feature {m.feature} is disabled")
     return 0
+
+
+def _with_options(exc: MigrationError, args: argparse.Namespace) -> str:
+    """The message; a suggested accept-checksum gets the --migrations-dir/--config of this run.
+
+    Run literally without them it would read the package's files and config, and
+    record the checksum of a file other than the one that was refused.
+    """
+    if not isinstance(exc, ChecksumMismatchError):
+        return exc.message
+    command = f"python -m cex_arbitrage.db.migrate accept-checksum {exc.version}"
+    options: list[str] = []
+    directory = args.migrations_dir
+    if directory is None and os.environ.get(MIGRATIONS_DIR_ENV, "").strip():
+        directory = os.environ[MIGRATIONS_DIR_ENV]
+    if directory is not None:
+        options += ["--migrations-dir", directory]
+    if args.config is not None:
+        options += ["--config", args.config]
+    if not options or command not in exc.message:
+        return exc.message
+    return exc.message.replace(command, f"{command} {shlex.join(options)}")
 
 
 class _Terminated(Exception):
@@ -293,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return asyncio.run(_until_signal(_run(args, prep, db)))
     except MigrationError as exc:
-        _err(f"error: {exc.message}")
+        _err(f"error: {_with_options(exc, args)}")
         return int(exc.exit_code)
     except (KeyboardInterrupt, _Terminated) as exc:
         what = "interrupted by SIGTERM" if isinstance(exc, _Terminated) else "interrupted"

@@ -111,6 +111,7 @@ EXIT_CODES = {
     errors.PreflightError: 7,
     errors.MigrationFailedError: 1,
     errors.ConnectionLostError: 8,
+    errors.RunInterruptedError: 8,
 }
 
 

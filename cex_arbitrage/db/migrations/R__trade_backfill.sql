@@ -14,8 +14,7 @@
 
 -- Backfill symbol_base/symbol_quote of old rows, removing replayed
 -- duplicates on the way (header of 001_add_trade_collection_support.sql:
--- dedup rule). Only rows that
--- existed when it started are walked (detail ->> 'boundary_id'): later rows
+-- dedup rule). Only rows that existed when it started are walked (detail ->> 'boundary_id'): later rows
 -- got their parts from the writer or the trigger.
 --
 -- Set-up, once, in one transaction: the old rows' ids are cut into chunks
@@ -46,32 +45,31 @@
 -- keeps the lowest id. A row written since the set-up that replays an old
 -- trade at another time meets no unique index; the finishing session
 -- archives those (one lookup each of the rows above the boundary).
-CREATE OR REPLACE PROCEDURE cex_backfill_trade_symbols(p_batch_size integer DEFAULT NULL)
+--
+-- The phases, one routine each, in the order cex_backfill_trade_symbols()
+-- calls them:
+--   set-up    cex_backfill_setup(batch_size)           once, one transaction
+--   claim     cex_backfill_claim()                      the next chunk, locked
+--   chunk     cex_backfill_candidates(lo, hi, all)      split its symbols, find duplicates
+--             cex_backfill_archive(lo, hi)              move duplicates to the archive
+--             cex_backfill_split(lo, hi)                split the rest in one UPDATE
+--             cex_backfill_record(lo, ...)              mark done, add to the counters
+--   finish    cex_backfill_finish()                     the last session: sweep, drop, report
+-- State lives in migration_progress ('001', 'backfill_symbols': position,
+-- rows_done, rows_total, and the counters in detail) and in the two work
+-- tables the set-up creates and the finish drops; a backfill left half done
+-- by an earlier release of this file resumes from the same state.
+
+-- Set-up, once: cut the old ids into chunks, note the duplicate candidates,
+-- start the counters. A session that comes second waits for the first's
+-- set-up to commit (however long the scans take), then finds it done.
+CREATE OR REPLACE PROCEDURE cex_backfill_setup(batch_size integer)
 LANGUAGE plpgsql AS $$
 DECLARE
-    batch_size integer := coalesce(
-        p_batch_size, nullif(current_setting('cex.backfill_batch_size', true), '')::integer, 50000);
-    sleep_ms integer := coalesce(nullif(current_setting('cex.backfill_sleep_ms', true), '')::integer, 0);
     progress migration_progress%ROWTYPE;
     boundary bigint;
     start_after bigint;
-    c_lo bigint;
-    c_hi bigint;
-    look_up_all boolean;
-    examined bigint;
-    unsplittable bigint;
-    archived integer;
-    archived_later integer;
-    violating bigint[];
-    survivor record;
-    attempt integer;
 BEGIN
-    IF batch_size < 1 THEN
-        RAISE EXCEPTION 'migration 001: backfill batch size must be positive, got %', batch_size;
-    END IF;
-
-    -- Set-up, once. A session that comes second waits for the first's
-    -- set-up to commit (however long the scans take), then finds it done.
     PERFORM set_config('lock_timeout', '0', true);
     INSERT INTO migration_progress (version, task, rows_done, detail)
     VALUES ('001', 'backfill_symbols', 0, '{}'::jsonb)
@@ -115,12 +113,10 @@ BEGIN
                                            'chunks', (SELECT count(*) FROM cex_backfill_chunks),
                                            'duplicate_candidates', (SELECT count(*) FROM cex_backfill_dup_ids)),
             updated_at = now()
-        WHERE p.version = '001' AND p.task = 'backfill_symbols'
-        RETURNING * INTO progress;
+        WHERE p.version = '001' AND p.task = 'backfill_symbols';
     END IF;
     COMMIT;
-    boundary := (progress.detail ->> 'boundary_id')::bigint;
-
+    -- The session's work tables, emptied at each commit.
     CREATE TEMP TABLE IF NOT EXISTS cex_backfill_symbols (  -- the chunk's distinct symbols
         symbol  varchar(50),
         n       bigint,
@@ -135,227 +131,103 @@ BEGIN
         keep_id     bigint,      -- lowest id of the trade: the row that stays
         settled_max bigint       -- highest id of the trade among rows with parts set
     ) ON COMMIT DELETE ROWS;
+END
+$$;
 
-    LOOP
-        EXIT WHEN progress.done;
-        c_lo := NULL;
-        BEGIN
-            SELECT lo, hi INTO c_lo, c_hi FROM cex_backfill_chunks
-            WHERE NOT done ORDER BY lo LIMIT 1 FOR UPDATE SKIP LOCKED;
-        EXCEPTION WHEN undefined_table THEN
-            NULL;  -- another session finished and dropped it
-        END;
-        IF c_lo IS NULL THEN
-            COMMIT;  -- hold no lock on the chunk table while finishing
-            EXIT;
-        END IF;
+-- Claim: the lowest chunk not done and not in another session's hands,
+-- locked until this transaction ends. NULLs when none is left (or another
+-- session finished and dropped the chunk table).
+CREATE OR REPLACE FUNCTION cex_backfill_claim(OUT lo bigint, OUT hi bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT c.lo, c.hi INTO lo, hi FROM cex_backfill_chunks c
+    WHERE NOT c.done ORDER BY c.lo LIMIT 1 FOR UPDATE SKIP LOCKED;
+EXCEPTION WHEN undefined_table THEN
+    lo := NULL;
+    hi := NULL;
+END
+$$;
 
-        -- For this chunk's transaction: hash it in memory, and no JIT
-        -- (compiling costs more than it saves on one chunk).
-        PERFORM set_config('work_mem', '64MB', true), set_config('jit', 'off', true);
-        look_up_all := false;
-        attempt := 0;
-        LOOP
-            BEGIN
-                -- Each distinct symbol of the chunk's unsplit rows, split once.
-                INSERT INTO cex_backfill_symbols (symbol, n, parts)
-                SELECT symbol, count(*), cex_split_symbol(symbol)
-                FROM trades
-                WHERE id > c_lo AND id <= c_hi AND symbol_base IS NULL
-                GROUP BY symbol;
-                SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE parts IS NULL), 0)
-                INTO examined, unsplittable FROM cex_backfill_symbols;
+-- Chunk, part 1: each distinct symbol of the chunk's unsplit rows, split
+-- once; then the duplicate candidates (all rows, when a first try met a row
+-- split elsewhere) with the kept row of each trade: the lowest id among this
+-- chunk (hashed) and the rows already split (other chunks, new writes; found
+-- through uq_trades_dedup). has_candidates: whether there are any.
+CREATE OR REPLACE FUNCTION cex_backfill_candidates(
+    c_lo bigint, c_hi bigint, look_up_all boolean,
+    OUT examined bigint, OUT unsplittable bigint, OUT has_candidates boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO cex_backfill_symbols (symbol, n, parts)
+    SELECT symbol, count(*), cex_split_symbol(symbol)
+    FROM trades
+    WHERE id > c_lo AND id <= c_hi AND symbol_base IS NULL
+    GROUP BY symbol;
+    SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE parts IS NULL), 0)
+    INTO examined, unsplittable FROM cex_backfill_symbols;
 
-                -- The duplicate candidates (all rows, when a first try met a
-                -- row split elsewhere) and the kept row of each trade: the
-                -- lowest id among this chunk (hashed) and the rows already split
-                -- (other chunks, new writes; found through uq_trades_dedup).
-                archived := 0;
-                archived_later := 0;
-                INSERT INTO cex_backfill_batch (id, ts, exchange, trade_id, parts, keep_id, settled_max)
-                WITH src AS MATERIALIZED (
-                    SELECT t.id, t."timestamp" AS ts, t.exchange, t.trade_id, m.parts
-                    FROM trades t
-                    JOIN cex_backfill_symbols m ON m.symbol = t.symbol AND m.parts IS NOT NULL
-                    WHERE t.id > c_lo AND t.id <= c_hi AND t.symbol_base IS NULL
-                      AND t.trade_id IS NOT NULL
-                      AND (look_up_all OR t.id IN (SELECT d.id FROM cex_backfill_dup_ids d
-                                                   WHERE d.id > c_lo AND d.id <= c_hi))
-                ), repeated AS (  -- trades that occur more than once in this chunk
-                    SELECT exchange, parts, trade_id, min(id) AS first_id
-                    FROM src
-                    GROUP BY exchange, parts, trade_id
-                    HAVING count(*) > 1
-                )
-                SELECT k.id, k.ts, k.exchange, k.trade_id, k.parts,
-                       least(coalesce(r.first_id, k.id), s.min_id), s.max_id
-                FROM src k
-                LEFT JOIN repeated r
-                  ON r.exchange = k.exchange AND r.parts = k.parts AND r.trade_id = k.trade_id
-                LEFT JOIN LATERAL (
-                    SELECT min(t.id) AS min_id, max(t.id) AS max_id
-                    FROM trades t
-                    WHERE t.exchange = k.exchange AND t.symbol_base = k.parts[1]
-                      AND t.symbol_quote = k.parts[2] AND t.trade_id = k.trade_id
-                      AND t.trade_id IS NOT NULL) AS s ON true;
+    INSERT INTO cex_backfill_batch (id, ts, exchange, trade_id, parts, keep_id, settled_max)
+    WITH src AS MATERIALIZED (
+        SELECT t.id, t."timestamp" AS ts, t.exchange, t.trade_id, m.parts
+        FROM trades t
+        JOIN cex_backfill_symbols m ON m.symbol = t.symbol AND m.parts IS NOT NULL
+        WHERE t.id > c_lo AND t.id <= c_hi AND t.symbol_base IS NULL
+          AND t.trade_id IS NOT NULL
+          AND (look_up_all OR t.id IN (SELECT d.id FROM cex_backfill_dup_ids d
+                                       WHERE d.id > c_lo AND d.id <= c_hi))
+    ), repeated AS (  -- trades that occur more than once in this chunk
+        SELECT exchange, parts, trade_id, min(id) AS first_id
+        FROM src
+        GROUP BY exchange, parts, trade_id
+        HAVING count(*) > 1
+    )
+    SELECT k.id, k.ts, k.exchange, k.trade_id, k.parts,
+           least(coalesce(r.first_id, k.id), s.min_id), s.max_id
+    FROM src k
+    LEFT JOIN repeated r
+      ON r.exchange = k.exchange AND r.parts = k.parts AND r.trade_id = k.trade_id
+    LEFT JOIN LATERAL (
+        SELECT min(t.id) AS min_id, max(t.id) AS max_id
+        FROM trades t
+        WHERE t.exchange = k.exchange AND t.symbol_base = k.parts[1]
+          AND t.symbol_quote = k.parts[2] AND t.trade_id = k.trade_id
+          AND t.trade_id IS NOT NULL) AS s ON true;
+    has_candidates := FOUND;
+END
+$$;
 
-                IF FOUND THEN
-                    -- Duplicates in this chunk: archive, then delete.
-                    WITH gone AS (
-                        DELETE FROM trades t
-                        USING cex_backfill_batch b
-                        WHERE t.id = b.id AND t."timestamp" = b.ts AND b.keep_id < b.id
-                          AND t.id > c_lo AND t.id <= c_hi
-                        RETURNING t.*, b.parts AS split, b.keep_id AS kept
-                    )
-                    INSERT INTO trades_duplicates_removed (
-                        id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
-                        side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept_id)
-                    SELECT id, "timestamp", exchange, symbol, split[1], split[2], price, quantity,
-                           side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
-                    FROM gone;
-                    GET DIAGNOSTICS archived = ROW_COUNT;
-
-                    -- Later rows (split elsewhere, higher ids) duplicating a kept row.
-                    IF EXISTS (SELECT 1 FROM cex_backfill_batch WHERE keep_id = id AND settled_max > id) THEN
-                        WITH gone AS (
-                            DELETE FROM trades t
-                            USING cex_backfill_batch b
-                            WHERE b.keep_id = b.id AND b.settled_max > b.id
-                              AND t.exchange = b.exchange AND t.symbol_base = b.parts[1]
-                              AND t.symbol_quote = b.parts[2] AND t.trade_id = b.trade_id AND t.id > b.id
-                            RETURNING t.*, b.id AS kept
-                        )
-                        INSERT INTO trades_duplicates_removed (
-                            id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
-                            side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept_id)
-                        SELECT id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
-                               side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
-                        FROM gone;
-                        GET DIAGNOSTICS archived_later = ROW_COUNT;
-                    END IF;
-                END IF;
-
-                -- Split every remaining unsplit row of the chunk.
-                violating := '{}';
-                BEGIN
-                    UPDATE trades t
-                    SET symbol_base = m.parts[1], symbol_quote = m.parts[2]
-                    FROM cex_backfill_symbols m
-                    WHERE t.id > c_lo AND t.id <= c_hi AND t.symbol_base IS NULL
-                      AND m.symbol = t.symbol AND m.parts IS NOT NULL;
-                EXCEPTION WHEN check_violation THEN
-                    -- An old row breaks a constraint the foreground part added NOT
-                    -- VALID (say side 'BUY'), and PostgreSQL checks those on UPDATE.
-                    -- Split this chunk row by row; such rows stay as they were.
-                    FOR survivor IN
-                        SELECT t.id, t."timestamp" AS ts, m.parts
-                        FROM trades t JOIN cex_backfill_symbols m ON m.symbol = t.symbol
-                        WHERE t.id > c_lo AND t.id <= c_hi AND t.symbol_base IS NULL
-                          AND m.parts IS NOT NULL
-                    LOOP
-                        BEGIN
-                            UPDATE trades
-                            SET symbol_base = survivor.parts[1], symbol_quote = survivor.parts[2]
-                            WHERE id = survivor.id AND "timestamp" = survivor.ts AND symbol_base IS NULL;
-                        EXCEPTION WHEN check_violation THEN
-                            violating := violating || survivor.id;
-                        END;
-                    END LOOP;
-                END;
-
-                UPDATE cex_backfill_chunks SET done = true WHERE lo = c_lo;
-                UPDATE migration_progress p
-                SET position = coalesce((SELECT min(lo) FROM cex_backfill_chunks WHERE NOT done),
-                                        boundary)::text,
-                    rows_done = p.rows_done + examined,
-                    updated_at = now(),
-                    detail = p.detail || jsonb_build_object(
-                        'rows_split', (p.detail ->> 'rows_split')::bigint
-                                      + examined - unsplittable - archived - cardinality(violating),
-                        'unsplittable_rows', (p.detail ->> 'unsplittable_rows')::bigint + unsplittable,
-                        -- rows left unsplit because they break a trades constraint
-                        'rows_violating_constraints',
-                            coalesce((p.detail ->> 'rows_violating_constraints')::bigint, 0)
-                            + cardinality(violating),
-                        'violating_ids', (
-                            SELECT to_jsonb(coalesce(array_agg(v ORDER BY v), '{}'))
-                            FROM (SELECT v FROM (SELECT jsonb_array_elements_text(
-                                                     coalesce(p.detail -> 'violating_ids', '[]'))::bigint
-                                                 UNION ALL SELECT unnest(violating)) AS x(v)
-                                  ORDER BY v LIMIT 100) AS first_ids),
-                        'duplicates_archived',
-                            (p.detail ->> 'duplicates_archived')::bigint + archived + archived_later,
-                        -- chunks done again after meeting a row split elsewhere meanwhile
-                        'chunks_redone', coalesce((p.detail ->> 'chunks_redone')::bigint, 0)
-                                         + least(attempt, 1),
-                        -- the 100 most frequent unsplittable symbols with their row counts
-                        'unsplittable_symbols', (
-                            SELECT coalesce(jsonb_object_agg(sym, n), '{}'::jsonb)
-                            FROM (SELECT sym, sum(n)::bigint AS n
-                                  FROM (SELECT key AS sym, value::bigint AS n
-                                        FROM jsonb_each_text(p.detail -> 'unsplittable_symbols')
-                                        UNION ALL
-                                        SELECT symbol, n FROM cex_backfill_symbols
-                                        WHERE parts IS NULL) AS u
-                                  GROUP BY sym ORDER BY sum(n) DESC, sym LIMIT 100) AS top))
-                WHERE p.version = '001' AND p.task = 'backfill_symbols'
-                RETURNING * INTO progress;
-                EXIT;
-            EXCEPTION WHEN unique_violation OR deadlock_detected THEN
-                -- A row of this chunk's trades was split elsewhere meanwhile (a
-                -- writer, another session): the chunk is rolled back (this block
-                -- is a subtransaction); do it again looking every row up.
-                attempt := attempt + 1;
-                IF attempt >= 5 THEN
-                    RAISE;
-                END IF;
-                IF look_up_all THEN
-                    RAISE NOTICE 'migration 001: backfill_symbols: chunk after id % met a concurrent '
-                                 'write (%), retrying', c_lo, SQLERRM;
-                    PERFORM pg_sleep(0.1 * attempt);
-                END IF;
-                look_up_all := true;
-            END;
-        END LOOP;
-        COMMIT;
-        RAISE NOTICE 'migration 001: backfill_symbols: %/% rows, ids up to % done; % unsplittable, % duplicates archived',
-                     progress.rows_done, progress.rows_total, progress.position,
-                     progress.detail ->> 'unsplittable_rows', progress.detail ->> 'duplicates_archived';
-        IF sleep_ms > 0 THEN
-            PERFORM pg_sleep(sleep_ms / 1000.0);
-        END IF;
-    END LOOP;
-
-    -- Nothing left to claim. Finish if every chunk is done; a chunk still in
-    -- another session's hands is finished by that session.
-    SELECT * INTO progress FROM migration_progress
-    WHERE version = '001' AND task = 'backfill_symbols' FOR UPDATE;
-    IF NOT progress.done THEN
-        IF to_regclass('cex_backfill_chunks') IS NOT NULL
-           AND EXISTS (SELECT 1 FROM cex_backfill_chunks WHERE NOT done) THEN
-            COMMIT;
-            RAISE NOTICE 'migration 001: backfill_symbols: no chunk left for this session; '
-                         'another session is finishing the last ones';
-            RETURN;
-        END IF;
-        -- Rows written since the set-up (ids above the boundary, split by their
-        -- writer) that replay an old trade, at another time than the old row
-        -- (at the same time, uq_trades_dedup made the chunk look them up):
-        -- archived, the old row stays.
-        WITH later AS (
-            SELECT n.id, n."timestamp" AS ts, min(o.id) AS kept
-            FROM trades n
-            JOIN trades o
-              ON o.exchange = n.exchange AND o.symbol_base = n.symbol_base
-             AND o.symbol_quote = n.symbol_quote AND o.trade_id = n.trade_id
-             AND o.trade_id IS NOT NULL AND o.id <= boundary
-            WHERE n.id > boundary AND n.trade_id IS NOT NULL
-            GROUP BY n.id, n."timestamp"
-        ), gone AS (
-            DELETE FROM trades t USING later l
-            WHERE t.id = l.id AND t."timestamp" = l.ts
-            RETURNING t.*, l.kept
+-- Chunk, part 2: archive, then delete, the candidates that are not their
+-- trade's kept row; then later rows (split elsewhere, higher ids) that
+-- duplicate a kept row of this chunk. A duplicate is removed BEFORE its
+-- group's kept row gets base/quote, since that update is what
+-- uq_trades_dedup checks.
+CREATE OR REPLACE FUNCTION cex_backfill_archive(
+    c_lo bigint, c_hi bigint, OUT archived integer, OUT archived_later integer)
+LANGUAGE plpgsql AS $$
+BEGIN
+    WITH gone AS (
+        DELETE FROM trades t
+        USING cex_backfill_batch b
+        WHERE t.id = b.id AND t."timestamp" = b.ts AND b.keep_id < b.id
+          AND t.id > c_lo AND t.id <= c_hi
+        RETURNING t.*, b.parts AS split, b.keep_id AS kept
+    )
+    INSERT INTO trades_duplicates_removed (
+        id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
+        side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept_id)
+    SELECT id, "timestamp", exchange, symbol, split[1], split[2], price, quantity,
+           side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
+    FROM gone;
+    GET DIAGNOSTICS archived = ROW_COUNT;
+    archived_later := 0;
+    IF EXISTS (SELECT 1 FROM cex_backfill_batch WHERE keep_id = id AND settled_max > id) THEN
+        WITH gone AS (
+            DELETE FROM trades t
+            USING cex_backfill_batch b
+            WHERE b.keep_id = b.id AND b.settled_max > b.id
+              AND t.exchange = b.exchange AND t.symbol_base = b.parts[1]
+              AND t.symbol_quote = b.parts[2] AND t.trade_id = b.trade_id AND t.id > b.id
+            RETURNING t.*, b.id AS kept
         )
         INSERT INTO trades_duplicates_removed (
             id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
@@ -364,32 +236,261 @@ BEGIN
                side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
         FROM gone;
         GET DIAGNOSTICS archived_later = ROW_COUNT;
-        DROP TABLE IF EXISTS cex_backfill_chunks, cex_backfill_dup_ids;
-        UPDATE migration_progress p
-        SET done = true, position = coalesce(boundary::text, p.position), updated_at = now(),
-            detail = p.detail || jsonb_build_object(
-                'duplicates_archived', (p.detail ->> 'duplicates_archived')::bigint + archived_later)
-        WHERE p.version = '001' AND p.task = 'backfill_symbols'
-        RETURNING * INTO progress;
-        COMMIT;
-        IF coalesce((progress.detail ->> 'rows_violating_constraints')::bigint, 0) > 0 THEN
-            RAISE WARNING 'migration 001: % rows break a constraint of trades (see the WARNING of '
-                          'validate_constraints) and were left unsplit, ids (first 100): %; fix them, '
-                          'then set their symbol_base/symbol_quote from cex_split_symbol(symbol)',
-                          progress.detail ->> 'rows_violating_constraints', progress.detail -> 'violating_ids';
-        END IF;
-        IF (progress.detail ->> 'unsplittable_rows')::bigint > 0 THEN
-            RAISE NOTICE 'migration 001: % rows have a symbol no rule splits; they are kept as they '
-                         'were, with NULL symbol_base/symbol_quote: %',
-                         progress.detail ->> 'unsplittable_rows', progress.detail -> 'unsplittable_symbols';
-        END IF;
-    ELSE
-        COMMIT;
     END IF;
-    RAISE NOTICE 'migration 001: backfill_symbols: done (% rows); % unsplittable rows kept with '
-                 'NULL symbol_base/symbol_quote; % duplicates in trades_duplicates_removed',
-                 progress.rows_done, progress.detail ->> 'unsplittable_rows',
-                 progress.detail ->> 'duplicates_archived';
+END
+$$;
+
+-- Chunk, part 3: split every remaining unsplit row of the chunk in one
+-- UPDATE. An old row that breaks a constraint the foreground part added NOT
+-- VALID (say side 'BUY') fails it, since PostgreSQL checks those on UPDATE:
+-- then the chunk is split row by row, and such rows stay as they were.
+-- Returns their ids.
+CREATE OR REPLACE FUNCTION cex_backfill_split(c_lo bigint, c_hi bigint)
+RETURNS bigint[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    violating bigint[] := '{}';
+    survivor record;
+BEGIN
+    BEGIN
+        UPDATE trades t
+        SET symbol_base = m.parts[1], symbol_quote = m.parts[2]
+        FROM cex_backfill_symbols m
+        WHERE t.id > c_lo AND t.id <= c_hi AND t.symbol_base IS NULL
+          AND m.symbol = t.symbol AND m.parts IS NOT NULL;
+    EXCEPTION WHEN check_violation THEN
+        FOR survivor IN
+            SELECT t.id, t."timestamp" AS ts, m.parts
+            FROM trades t JOIN cex_backfill_symbols m ON m.symbol = t.symbol
+            WHERE t.id > c_lo AND t.id <= c_hi AND t.symbol_base IS NULL
+              AND m.parts IS NOT NULL
+        LOOP
+            BEGIN
+                UPDATE trades
+                SET symbol_base = survivor.parts[1], symbol_quote = survivor.parts[2]
+                WHERE id = survivor.id AND "timestamp" = survivor.ts AND symbol_base IS NULL;
+            EXCEPTION WHEN check_violation THEN
+                violating := violating || survivor.id;
+            END;
+        END LOOP;
+    END;
+    RETURN violating;
+END
+$$;
+
+-- Chunk, part 4: the chunk is done; add its counts to migration_progress.
+-- `position` is the low-water mark: every old id up to it is done.
+CREATE OR REPLACE FUNCTION cex_backfill_record(
+    c_lo bigint, boundary bigint, examined bigint, unsplittable bigint, archived integer,
+    archived_later integer, violating bigint[], redone boolean)
+RETURNS migration_progress
+LANGUAGE plpgsql AS $$
+DECLARE
+    progress migration_progress%ROWTYPE;
+BEGIN
+    UPDATE cex_backfill_chunks SET done = true WHERE lo = c_lo;
+    UPDATE migration_progress p
+    SET position = coalesce((SELECT min(lo) FROM cex_backfill_chunks WHERE NOT done),
+                            boundary)::text,
+        rows_done = p.rows_done + examined,
+        updated_at = now(),
+        detail = p.detail || jsonb_build_object(
+            'rows_split', (p.detail ->> 'rows_split')::bigint
+                          + examined - unsplittable - archived - cardinality(violating),
+            'unsplittable_rows', (p.detail ->> 'unsplittable_rows')::bigint + unsplittable,
+            -- rows left unsplit because they break a trades constraint
+            'rows_violating_constraints',
+                coalesce((p.detail ->> 'rows_violating_constraints')::bigint, 0)
+                + cardinality(violating),
+            'violating_ids', (
+                SELECT to_jsonb(coalesce(array_agg(v ORDER BY v), '{}'))
+                FROM (SELECT v FROM (SELECT jsonb_array_elements_text(
+                                         coalesce(p.detail -> 'violating_ids', '[]'))::bigint
+                                     UNION ALL SELECT unnest(violating)) AS x(v)
+                      ORDER BY v LIMIT 100) AS first_ids),
+            'duplicates_archived',
+                (p.detail ->> 'duplicates_archived')::bigint + archived + archived_later,
+            -- chunks done again after meeting a row split elsewhere meanwhile
+            'chunks_redone', coalesce((p.detail ->> 'chunks_redone')::bigint, 0)
+                             + CASE WHEN redone THEN 1 ELSE 0 END,
+            -- the 100 most frequent unsplittable symbols with their row counts
+            'unsplittable_symbols', (
+                SELECT coalesce(jsonb_object_agg(sym, n), '{}'::jsonb)
+                FROM (SELECT sym, sum(n)::bigint AS n
+                      FROM (SELECT key AS sym, value::bigint AS n
+                            FROM jsonb_each_text(p.detail -> 'unsplittable_symbols')
+                            UNION ALL
+                            SELECT symbol, n FROM cex_backfill_symbols
+                            WHERE parts IS NULL) AS u
+                      GROUP BY sym ORDER BY sum(n) DESC, sym LIMIT 100) AS top))
+    WHERE p.version = '001' AND p.task = 'backfill_symbols'
+    RETURNING * INTO progress;
+    RETURN progress;
+END
+$$;
+
+-- One chunk, in the caller's transaction. A row of this chunk's trades split
+-- elsewhere meanwhile (a writer, another session) makes it fail on
+-- uq_trades_dedup: the chunk is rolled back (the block is a
+-- subtransaction) and done again, looking every row up.
+CREATE OR REPLACE FUNCTION cex_backfill_chunk(c_lo bigint, c_hi bigint, boundary bigint)
+RETURNS migration_progress
+LANGUAGE plpgsql AS $$
+DECLARE
+    look_up_all boolean := false;
+    attempt integer := 0;
+    cand record;
+    archived integer;
+    archived_later integer;
+    violating bigint[];
+    progress migration_progress%ROWTYPE;
+BEGIN
+    -- Hash the chunk in memory, and no JIT (compiling costs more than it
+    -- saves on one chunk).
+    PERFORM set_config('work_mem', '64MB', true), set_config('jit', 'off', true);
+    LOOP
+        BEGIN
+            SELECT * INTO cand FROM cex_backfill_candidates(c_lo, c_hi, look_up_all);
+            archived := 0;
+            archived_later := 0;
+            IF cand.has_candidates THEN
+                SELECT * INTO archived, archived_later FROM cex_backfill_archive(c_lo, c_hi);
+            END IF;
+            violating := cex_backfill_split(c_lo, c_hi);
+            SELECT * INTO progress
+            FROM cex_backfill_record(c_lo, boundary, cand.examined, cand.unsplittable,
+                                     archived, archived_later, violating, attempt > 0);
+            RETURN progress;
+        EXCEPTION WHEN unique_violation OR deadlock_detected THEN
+            attempt := attempt + 1;
+            IF attempt >= 5 THEN
+                RAISE;
+            END IF;
+            IF look_up_all THEN
+                RAISE NOTICE 'migration 001: backfill_symbols: chunk after id % met a concurrent '
+                             'write (%), retrying', c_lo, SQLERRM;
+                PERFORM pg_sleep(0.1 * attempt);
+            END IF;
+            look_up_all := true;
+        END;
+    END LOOP;
+END
+$$;
+
+-- Finish, by the session that finds nothing left to claim: if every chunk is
+-- done, archive rows written since the set-up (ids above the boundary, split
+-- by their writer) that replay an old trade at another time than the old row
+-- (at the same time, uq_trades_dedup made the chunk look them up), drop the
+-- work tables, mark the task done and report. A chunk still in another
+-- session's hands is finished by that session.
+CREATE OR REPLACE PROCEDURE cex_backfill_finish()
+LANGUAGE plpgsql AS $$
+DECLARE
+    progress migration_progress%ROWTYPE;
+    boundary bigint;
+    archived_later integer;
+BEGIN
+    SELECT * INTO progress FROM migration_progress
+    WHERE version = '001' AND task = 'backfill_symbols' FOR UPDATE;
+    IF progress.done THEN
+        COMMIT;
+        RETURN;
+    END IF;
+    IF to_regclass('cex_backfill_chunks') IS NOT NULL
+       AND EXISTS (SELECT 1 FROM cex_backfill_chunks WHERE NOT done) THEN
+        COMMIT;
+        RAISE NOTICE 'migration 001: backfill_symbols: no chunk left for this session; '
+                     'another session is finishing the last ones';
+        RETURN;
+    END IF;
+    boundary := (progress.detail ->> 'boundary_id')::bigint;
+    WITH later AS (
+        SELECT n.id, n."timestamp" AS ts, min(o.id) AS kept
+        FROM trades n
+        JOIN trades o
+          ON o.exchange = n.exchange AND o.symbol_base = n.symbol_base
+         AND o.symbol_quote = n.symbol_quote AND o.trade_id = n.trade_id
+         AND o.trade_id IS NOT NULL AND o.id <= boundary
+        WHERE n.id > boundary AND n.trade_id IS NOT NULL
+        GROUP BY n.id, n."timestamp"
+    ), gone AS (
+        DELETE FROM trades t USING later l
+        WHERE t.id = l.id AND t."timestamp" = l.ts
+        RETURNING t.*, l.kept
+    )
+    INSERT INTO trades_duplicates_removed (
+        id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
+        side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept_id)
+    SELECT id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
+           side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
+    FROM gone;
+    GET DIAGNOSTICS archived_later = ROW_COUNT;
+    DROP TABLE IF EXISTS cex_backfill_chunks, cex_backfill_dup_ids;
+    UPDATE migration_progress p
+    SET done = true, position = coalesce(boundary::text, p.position), updated_at = now(),
+        detail = p.detail || jsonb_build_object(
+            'duplicates_archived', (p.detail ->> 'duplicates_archived')::bigint + archived_later)
+    WHERE p.version = '001' AND p.task = 'backfill_symbols'
+    RETURNING * INTO progress;
+    COMMIT;
+    IF coalesce((progress.detail ->> 'rows_violating_constraints')::bigint, 0) > 0 THEN
+        RAISE WARNING 'migration 001: % rows break a constraint of trades (see the WARNING of '
+                      'validate_constraints) and were left unsplit, ids (first 100): %; fix them, '
+                      'then set their symbol_base/symbol_quote from cex_split_symbol(symbol)',
+                      progress.detail ->> 'rows_violating_constraints', progress.detail -> 'violating_ids';
+    END IF;
+    IF (progress.detail ->> 'unsplittable_rows')::bigint > 0 THEN
+        RAISE NOTICE 'migration 001: % rows have a symbol no rule splits; they are kept as they '
+                     'were, with NULL symbol_base/symbol_quote: %',
+                     progress.detail ->> 'unsplittable_rows', progress.detail -> 'unsplittable_symbols';
+    END IF;
+END
+$$;
+
+-- The backfill: set-up, then claim and do chunks until none is left, then
+-- finish. Several sessions may CALL it at once (the runner's `parallel`
+-- step); each takes other chunks.
+CREATE OR REPLACE PROCEDURE cex_backfill_trade_symbols(p_batch_size integer DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    batch_size integer := coalesce(
+        p_batch_size, nullif(current_setting('cex.backfill_batch_size', true), '')::integer, 50000);
+    sleep_ms integer := coalesce(nullif(current_setting('cex.backfill_sleep_ms', true), '')::integer, 0);
+    progress migration_progress%ROWTYPE;
+    chunk record;
+BEGIN
+    IF batch_size < 1 THEN
+        RAISE EXCEPTION 'migration 001: backfill batch size must be positive, got %', batch_size;
+    END IF;
+    CALL cex_backfill_setup(batch_size);
+    SELECT * INTO progress FROM migration_progress
+    WHERE version = '001' AND task = 'backfill_symbols';
+    LOOP
+        EXIT WHEN progress.done;
+        SELECT * INTO chunk FROM cex_backfill_claim();
+        IF chunk.lo IS NULL THEN
+            COMMIT;  -- hold no lock on the chunk table while finishing
+            EXIT;
+        END IF;
+        SELECT * INTO progress
+        FROM cex_backfill_chunk(chunk.lo, chunk.hi, (progress.detail ->> 'boundary_id')::bigint);
+        COMMIT;
+        RAISE NOTICE 'migration 001: backfill_symbols: %/% rows, ids up to % done; % unsplittable, % duplicates archived',
+                     progress.rows_done, progress.rows_total, progress.position,
+                     progress.detail ->> 'unsplittable_rows', progress.detail ->> 'duplicates_archived';
+        IF sleep_ms > 0 THEN
+            PERFORM pg_sleep(sleep_ms / 1000.0);
+        END IF;
+    END LOOP;
+    CALL cex_backfill_finish();
+    SELECT * INTO progress FROM migration_progress
+    WHERE version = '001' AND task = 'backfill_symbols';
+    IF progress.done THEN
+        RAISE NOTICE 'migration 001: backfill_symbols: done (% rows); % unsplittable rows kept with '
+                     'NULL symbol_base/symbol_quote; % duplicates in trades_duplicates_removed',
+                     progress.rows_done, progress.detail ->> 'unsplittable_rows',
+                     progress.detail ->> 'duplicates_archived';
+    END IF;
 END
 $$;
 

@@ -8,9 +8,11 @@ job:
     plan, states, status                   what runs, and how it stands (no database)
     connect, lock, history, preflight      the database seams
     session, statements, invalid_index,    how SQL is sent: sessions, lock retry,
-    parallel, failures, steps              fan-out, failures, one migration's steps
+    parallel, failures, steps, blockers    fan-out, failures, one migration's steps,
+                                           who holds a lock we timed out on
     run                                    the core loop: plan, lock, run, record
     runner, ensure, background             the API: MigrationRunner, ensure_schema
+    scaffold                               a new migration file to fill in (CLI `new`)
 
 Names are loaded on first use, so `import cex_arbitrage.db.migrator.settings`
 (the config layer does) does not load asyncpg.

@@ -17,6 +17,9 @@ import asyncpg
 from cex_arbitrage.db.migrator.model import ROUTINE_PREFIX, Routine
 from cex_arbitrage.db.migrator.states import MigrationState
 
+# A dict lookup, not MigrationState(value): the boot check converts every row.
+_STATE = {s.value: s for s in MigrationState}
+
 _READ_STATE = """
 SELECT version, name, feature, checksum, state, applied_at, finished_at, execution_ms,
        background_ms, applied_by, applied_from, steps_done, statements_done,
@@ -116,7 +119,7 @@ async def read_history_lean(conn: asyncpg.Connection) -> dict[str, HistoryRow]:
             name="",
             feature=None,
             checksum=r["checksum"],
-            state=MigrationState(r["state"]),
+            state=_STATE[r["state"]],
             applied_at=None,
             finished_at=None,
             execution_ms=None,
@@ -139,7 +142,7 @@ def _history_row(r: asyncpg.Record) -> HistoryRow:
         name=r["name"],
         feature=r["feature"],
         checksum=r["checksum"],
-        state=MigrationState(r["state"]),
+        state=_STATE[r["state"]],
         applied_at=r["applied_at"],
         finished_at=r["finished_at"],
         execution_ms=r["execution_ms"],

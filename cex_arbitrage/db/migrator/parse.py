@@ -372,8 +372,9 @@ def _refuse_transaction_control(filename: str, sql: str, first_line: int) -> Non
                 "each step in a transaction of its own (a transaction:false step statement "
                 f"by statement), and {word} would end it halfway through the migration. "
                 "Remove it; put work that must commit on its own in a "
-                "`-- migrate:step NAME transaction:false` step (for an atomic manual run, "
-                "use `psql -1 -f`)",
+                "`-- migrate:step NAME transaction:false` step. A manual run gets the same "
+                "by psql -1 -f of a file whose steps are all transactional (a file with "
+                "transaction:false steps runs with plain psql -f, as the README says)",
                 filename=filename,
                 line=line,
                 word=word,

@@ -1,7 +1,8 @@
 """Checks against the live database before anything runs.
 
 Refuses (exit code 7) what would certainly fail halfway: a server too old, a
-user that may not create objects. Warns about what would slow or block a
+standby or a read-only default (default_transaction_read_only), a user that
+may not create objects. Warns about what would slow or block a
 migration: INVALID indexes from an earlier interrupted build, and long open
 transactions that a DDL lock would queue behind (while queued, that lock
 request blocks the collectors' inserts; lock_timeout bounds it).
@@ -24,6 +25,10 @@ SELECT current_setting('server_version_num')::int AS server_version,
        current_user AS usr,
        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS is_superuser,
        has_database_privilege(current_database(), 'CREATE') AS can_create_schema,
+       pg_is_in_recovery() AS in_recovery, quote_ident(current_database()) AS dbname,
+       current_setting('transaction_read_only')::bool AS read_only,
+       (SELECT source FROM pg_settings
+         WHERE name = 'default_transaction_read_only') AS read_only_source,
        has_schema_privilege('public', 'CREATE') AS can_create_in_public,
        (SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}')
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -61,6 +66,26 @@ class Preflight:
     warnings: tuple[str, ...]
 
 
+def _refuse_read_only(row: asyncpg.Record, database: str, user: str) -> None:
+    """A standby, or sessions read-only by default: every write would fail (exit 7)."""
+    if row["in_recovery"]:
+        raise PreflightError(
+            f"{database}: the server is a standby (pg_is_in_recovery() is true) and accepts "
+            "no writes; nothing was changed. Point the migration at the primary (check "
+            "PGHOST / DATABASE_URL / database.host; with several hosts, "
+            "target_session_attrs=read-write)"
+        )
+    if row["read_only"]:
+        source = row["read_only_source"] or "unknown"
+        raise PreflightError(
+            f"{database}: sessions of user {user!r} are read-only "
+            f"(default_transaction_read_only = on, set by: {source}); nothing was changed. "
+            f"If the database is meant to be writable: ALTER DATABASE {row['dbname']} "
+            f"SET default_transaction_read_only = off; (or ALTER ROLE {user} SET ..., or "
+            "PGOPTIONS / postgresql.conf, whichever set it), then run again"
+        )
+
+
 async def run_preflight(
     conn: asyncpg.Connection,
     database: str,
@@ -80,6 +105,7 @@ async def run_preflight(
             "cex_arbitrage migrations need PostgreSQL 12 or newer"
         )
     user = row["usr"]
+    _refuse_read_only(row, database, user)
     if not row["is_superuser"]:
         if not row["can_create_in_public"]:
             raise PreflightError(

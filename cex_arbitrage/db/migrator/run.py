@@ -29,6 +29,8 @@ class RunResult:
     background_pending: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
     routines: list[str] = dataclasses.field(default_factory=list)
+    # Another runner held the background lock (not waited for): who, and how far it got.
+    background_elsewhere: str | None = None
 
 
 async def apply_plan(ctx: RunContext, catalog: Catalog, target: str | None) -> RunResult:
@@ -64,20 +66,27 @@ async def apply_plan(ctx: RunContext, catalog: Catalog, target: str | None) -> R
 
 
 async def run_background_steps(
-    ctx: RunContext, catalog: Catalog, *, wait_for_lock: bool
+    ctx: RunContext,
+    catalog: Catalog,
+    *,
+    wait_for_lock: bool,
+    elsewhere: list[str] | None = None,
 ) -> list[str]:
     """Run every unfinished background step, in version order; return versions finished.
 
     Exclusive through a second advisory lock: one runner does the backfill;
-    with `wait_for_lock` false (engines), another holder means the work is in
-    hand and this returns at once.
+    with `wait_for_lock` false (engines, the CLI's default), another holder
+    means the work is in hand and this returns at once, appending who holds
+    it and how far it got to `elsewhere`.
     """
     purpose = lock.BACKGROUND_LOCK
     if wait_for_lock:
         await lock.acquire(ctx.conn, purpose, ctx.settings.lock_wait_timeout, ctx.database, ctx.say)
     elif not await lock.try_lock(ctx.conn, purpose):
-        holder = await lock.describe_holder(ctx.conn, purpose)
+        holder = await describe_background_work(ctx)
         ctx.say(f"{ctx.database}: background migration work is being run by {holder}")
+        if elsewhere is not None:
+            elsewhere.append(holder)
         return []
     try:
         state = await read_state(ctx.conn)
@@ -103,6 +112,14 @@ async def run_background_steps(
         return done
     finally:
         await lock.unlock(ctx.conn, purpose)
+
+
+async def describe_background_work(ctx: RunContext) -> str:
+    """Who holds the background lock, and how far the work got (migration_progress)."""
+    holder = await lock.describe_holder(ctx.conn, lock.BACKGROUND_LOCK)
+    tasks = [p for p in await read_progress(ctx.conn) if not p.done]
+    how_far = ", ".join(f"{p.version} {p.describe()}" for p in tasks)
+    return f"{holder}; progress: {how_far or 'no checkpoint recorded yet'}"
 
 
 async def _apply_foreground(ctx: RunContext, pm: PlannedMigration, result: RunResult) -> None:

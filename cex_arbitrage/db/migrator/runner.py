@@ -89,11 +89,15 @@ class MigrationRunner:
         *,
         background: bool = True,
         conn: asyncpg.Connection | None = None,
+        wait_background: bool = True,
     ) -> RunResult:
         """Apply what is pending up to the target; raise a MigrationError when refused or failed.
 
         With `background`, unfinished background steps then run to completion
-        here (the CLI's default); otherwise they are left for an engine.
+        here (the CLI's default); otherwise they are left for an engine. When
+        another runner holds the background lock, `wait_background` waits for
+        it (up to lock_wait_timeout); without it the run returns at once with
+        the holder in `result.background_elsewhere`.
         """
         catalog = self.catalog()
         database = self.db_config.display
@@ -110,7 +114,11 @@ class MigrationRunner:
                 self.say(f"{database}: nothing to apply; the schema is current")
             if background and result.background_pending:
                 # Applied migrations' old-row work; a target does not limit it.
-                done = await run_background_steps(ctx, catalog, wait_for_lock=True)
+                elsewhere: list[str] = []
+                done = await run_background_steps(
+                    ctx, catalog, wait_for_lock=wait_background, elsewhere=elsewhere
+                )
+                result.background_elsewhere = elsewhere[0] if elsewhere else None
                 result.background_done = done
                 result.background_pending = [v for v in result.background_pending if v not in done]
             return result
@@ -149,7 +157,11 @@ class MigrationRunner:
         return collect_status(catalog, state.history, progress, self.settings.features)
 
     async def accept_checksum(self, version: str) -> str:
-        """Record the current file's checksum for an applied migration (deliberate edit)."""
+        """Record the current file's checksum for an applied migration (deliberate edit).
+
+        Returns the checksum recorded before; when that is already the file's,
+        nothing is written (the caller can say "already matches").
+        """
         database = self.db_config.display
         catalog = self.catalog()
         m = catalog.by_version().get(version)
@@ -163,11 +175,12 @@ class MigrationRunner:
                     f"{database}: {m.filename} is not applied; nothing to accept",
                     version=version,
                 )
-            await conn.execute(
-                "UPDATE migration_history SET checksum = $2 WHERE version = $1",
-                version,
-                m.checksum,
-            )
+            if row.checksum != m.checksum:
+                await conn.execute(
+                    "UPDATE migration_history SET checksum = $2 WHERE version = $1",
+                    version,
+                    m.checksum,
+                )
             others = [x for x in catalog.migrations if x.version != version]
             check_checksums(others, versioned(state.history), database)
             return row.checksum or ""

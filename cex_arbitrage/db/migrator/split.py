@@ -15,6 +15,9 @@ _INDEX_CONCURRENTLY_RE = re.compile(
     re.IGNORECASE,
 )
 _DOLLAR_TAG_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
+# The characters that can start a comment, a quote, a dollar tag or end a statement:
+# everything between two of them is skipped in one step (the split runs on every start).
+_SPECIAL_RE = re.compile(r"[-/'\"$;]")
 
 
 def concurrent_index_name(statement: str) -> str | None:
@@ -97,7 +100,8 @@ def split_statements(sql: str) -> list[str]:
             i += 1
             start = i
         else:
-            i += 1
+            special = _SPECIAL_RE.search(sql, i + 1)
+            i = n if special is None else special.start()
     _append(statements, sql[start:])
     return statements
 

@@ -12,6 +12,7 @@ import random
 
 import asyncpg
 
+from cex_arbitrage.db.migrator.blockers import find_blockers
 from cex_arbitrage.db.migrator.failures import is_connection_lost, record_failure, rollback, wrap
 from cex_arbitrage.db.migrator.invalid_index import drop_invalid_index
 from cex_arbitrage.db.migrator.model import Migration, Step
@@ -36,15 +37,22 @@ async def transaction_with_retry(
             attempt += 1
             if attempt > ctx.db.lock_retries:
                 await record_failure(ctx, m, exc, step, background=background)
+                pids, blockers = await find_blockers(ctx.conn)
                 raise TableLockTimeoutError(
                     f"{ctx.database}: {m.label}: could not get a table lock within "
                     f"{ctx.db.lock_timeout_ms} ms after {attempt} attempts ({exc}); the "
-                    "migration was rolled back. Long transactions on the tables hold it "
-                    "up; see `status --verbose` pre-flight warnings, then run again",
+                    "migration was rolled back."
+                    + (
+                        blockers
+                        or " Long transactions on "
+                        "the tables hold it up; see `status --verbose` pre-flight warnings."
+                    )
+                    + " Then run again",
                     version=m.version,
                     step=step.name if step else None,
                     statement_index=None,
                     attempts=attempt,
+                    blocking_pids=pids,
                 ) from exc
             await backoff(ctx, m, attempt, exc)
         except Exception as exc:
@@ -79,14 +87,16 @@ async def statement_with_retry(
                     await record_failure(
                         ctx, m, exc, step, background=background, statement=statement
                     )
+                pids, blockers = await find_blockers(conn)
                 raise TableLockTimeoutError(
                     f"{ctx.database}: {m.label}: step {step.name}: could not get a lock "
-                    f"within {ctx.db.lock_timeout_ms} ms after {attempt} attempts: {exc}. "
-                    "Statements before it are done; run again to resume here",
+                    f"within {ctx.db.lock_timeout_ms} ms after {attempt} attempts: {exc}."
+                    f"{blockers} Statements before it are done; run again to resume here",
                     version=m.version,
                     step=step.name,
                     statement_index=index,
                     attempts=attempt,
+                    blocking_pids=pids,
                 ) from exc
             index_name = concurrent_index_name(statement)
             if index_name is not None:
