@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import statistics
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-
-import asyncpg
 
 from cex_arbitrage.config import database_from_url
 from cex_arbitrage.db.structs import DatabaseConfig
+from tests.support.databases import create_database as _create_database
+from tests.support.databases import drop_database as drop_database
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -27,21 +26,8 @@ def admin_config() -> DatabaseConfig:
 
 
 async def create_database(admin: DatabaseConfig, prefix: str = "cex_bench") -> DatabaseConfig:
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(**admin.connect_kwargs())
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return admin.with_database(name)
-
-
-async def drop_database(admin: DatabaseConfig, db: DatabaseConfig) -> None:
-    conn = await asyncpg.connect(**admin.connect_kwargs())
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{db.database}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    """A scratch database for one benchmark (the tests' helper, with a bench prefix)."""
+    return await _create_database(admin, prefix)
 
 
 async def timed(fn: Callable[[], Awaitable[object]], repeat: int) -> list[float]:

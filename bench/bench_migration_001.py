@@ -48,10 +48,11 @@ from bench._common import (
 from cex_arbitrage.collectors import Trade, TradeWriter
 from cex_arbitrage.config import MigrationSettings, database_from_url
 from cex_arbitrage.db.migrations import MigrationRunner
-from cex_arbitrage.db.migrator.source import PackageSource, load_migrations
+from cex_arbitrage.db.migrator.source import PackageSource, load_catalog
+from cex_arbitrage.db.migrator.split import split_statements
 from cex_arbitrage.db.structs import DatabaseConfig
 
-LEGACY_SCHEMA = Path(__file__).resolve().parent.parent / "tests" / "legacy-schema.sql"
+LEGACY_SCHEMA = Path(__file__).resolve().parent.parent / "tests" / "support" / "legacy-schema.sql"
 WRITER_BATCH = 100
 WRITER_RATE = 1000  # rows/s
 SLOW_MS = 200.0
@@ -119,17 +120,13 @@ async def fill_legacy(db: DatabaseConfig, rows: int) -> None:
 
 
 def split_function_sql() -> str:
-    """CREATE FUNCTION cex_split_symbol as migration 001 ships it."""
-    m001 = next(
-        m
-        for m in load_migrations(PackageSource("cex_arbitrage.db.migrations"))
-        if m.version == "001"
-    )
-    for step in m001.steps:
-        for statement in step.statements:
+    """CREATE FUNCTION cex_split_symbol as the routine 001 calls ships it."""
+    catalog = load_catalog(PackageSource("cex_arbitrage.db.migrations"))
+    for routine in catalog.routines:
+        for statement in split_statements(routine.sql):
             if "FUNCTION cex_split_symbol" in statement:
                 return statement
-    raise RuntimeError("migration 001 has no cex_split_symbol function")
+    raise RuntimeError("no routine creates the cex_split_symbol function")
 
 
 async def measure_floor(db: DatabaseConfig) -> float:

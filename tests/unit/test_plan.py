@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
 
@@ -26,6 +25,7 @@ from cex_arbitrage.errors import (
     TargetBelowAppliedError,
     UnknownTargetError,
 )
+from tests.support.paths import REPO
 
 S = MigrationState
 INFRA = parse_migration("000_infra.sql", "CREATE TABLE migration_history (version text);")
@@ -171,7 +171,7 @@ def test_dry_run_text_lists_routines_steps_and_skips() -> None:
 
 
 def test_recorded_states_are_exactly_those_000_allows() -> None:
-    sql = (Path(__file__).resolve().parents[2] / "cex_arbitrage" / "db" / "migrations" /
+    sql = (REPO / "cex_arbitrage" / "db" / "migrations" /
            "000_create_migration_infrastructure.sql").read_text()  # fmt: skip
     match = re.search(r"CHECK \(state IN \(([^)]*)\)\)", sql)
     assert match is not None

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from cex_arbitrage.db.migrator.model import checksum_of
 from cex_arbitrage.db.migrator.parse import parse_migration
+from tests.support.paths import MIGRATIONS
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "cex_arbitrage" / "db" / "migrations"
 PINS = MIGRATIONS / "released.sum"
 
 

@@ -20,8 +20,9 @@ from cex_arbitrage.db.migrator.scaffold import (
 )
 from cex_arbitrage.db.migrator.source import DirectorySource, load_catalog
 from cex_arbitrage.errors import ConfigError, ExitCode, ValidationError
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO
 SHIPPED = REPO / "cex_arbitrage" / "db" / "migrations"
 INFRA = parse_migration("000_infra.sql", "SELECT 1;")
 CORE = parse_migration("001_core.sql", "SELECT 1;")

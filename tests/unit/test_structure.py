@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "cex_arbitrage"
+from tests.support.paths import REPO
+
+PACKAGE = REPO / "cex_arbitrage"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 

@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -25,7 +24,8 @@ import pytest
 from cex_arbitrage.db.migrator.lock import BACKGROUND_LOCK, LOCK_NAMESPACE
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.errors import ExitCode
-from tests.conftest import pg_env, run_cli_process, write_migrations
+from tests.support.cli import run_cli_process, write_migrations
+from tests.support.databases import fetch, has_table, pg_env
 
 SLOW_TRANSACTIONAL = """-- migrate:description a transactional step that is slow
 SELECT pg_sleep(30);
@@ -46,19 +46,6 @@ def start_cli(args: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.
 
 def explain(code: int | None, out: str, err: str) -> str:
     return f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
-
-
-async def fetch(db: DatabaseConfig, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(**db.connect_kwargs())
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
-
-
-async def has_table(db: DatabaseConfig, name: str) -> bool:
-    rows = await fetch(db, "SELECT to_regclass($1) IS NOT NULL AS present", name)
-    return bool(rows[0]["present"])
 
 
 async def history_states(db: DatabaseConfig) -> dict[str, str]:

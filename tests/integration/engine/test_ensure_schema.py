@@ -15,8 +15,7 @@ from cex_arbitrage.db.migrations import DirectorySource, ensure_schema
 from cex_arbitrage.db.migrator.lock import LOCK_NAMESPACE, MIGRATE_LOCK
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.errors import ConnectError, ExitCode, SchemaNotReadyError
-
-from .conftest import write_migrations
+from tests.support.cli import write_migrations
 
 FEATURE_SET = {
     "001_feature_a_table.sql": "-- migrate:feature alpha\nCREATE TABLE alpha_t (id int);\n",

@@ -14,7 +14,6 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from decimal import Decimal
-from pathlib import Path
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -32,8 +31,9 @@ from cex_arbitrage.collectors import (
 )
 from cex_arbitrage.db.migrations import ensure_schema
 from cex_arbitrage.db.structs import DatabaseConfig
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO
 SAMPLE = REPO / "cex_arbitrage" / "samples" / "replay.jsonl"
 WRITER_APP = "cex_test_writer"
 

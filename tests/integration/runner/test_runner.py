@@ -39,7 +39,9 @@ from cex_arbitrage.errors import (
     PreflightError,
     ValidationError,
 )
-from tests.conftest import REPO, pg_env, write_migrations
+from tests.support.cli import write_migrations
+from tests.support.databases import pg_env
+from tests.support.paths import REPO
 
 INFRA = REPO / "cex_arbitrage" / "db" / "migrations" / "000_create_migration_infrastructure.sql"
 RUNNER_APP = "cex_runner_under_test"

@@ -25,8 +25,9 @@ from cex_arbitrage.db.migrator.model import checksum_of
 from cex_arbitrage.db.migrator.parse import parse_migration
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.errors import ExitCode
-from tests.conftest import REPO, pg_env, run_cli_process, write_migrations
-from tests.legacy_data import (
+from tests.support.cli import run_cli_process, write_migrations
+from tests.support.databases import pg_env
+from tests.support.legacy_data import (
     MIGRATION_000,
     MIGRATION_001,
     MIGRATIONS,
@@ -36,6 +37,7 @@ from tests.legacy_data import (
     prepare_legacy,
     run_psql,
 )
+from tests.support.paths import REPO
 
 # The commit of the released 0.3.0 tree, whose 001 still installed its procedures itself.
 RELEASE_0_3_0 = "76fce883bdd97afff8eec8597ecd0507efddf119"

@@ -21,7 +21,8 @@ from cex_arbitrage.db.migrations.run_migrations import MigrationRunner, RunResul
 from cex_arbitrage.db.migrator.source import DirectorySource
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.errors import ExitCode
-from tests.conftest import REPO, write_migrations
+from tests.support.cli import write_migrations
+from tests.support.paths import REPO
 
 PACKAGE_DIR = REPO / "cex_arbitrage" / "db" / "migrations"
 WORKERS = 16

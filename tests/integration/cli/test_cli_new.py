@@ -8,7 +8,9 @@ import subprocess
 from pathlib import Path
 
 from cex_arbitrage.db.structs import DatabaseConfig
-from tests.conftest import REPO, pg_env, run_cli_process
+from tests.support.cli import run_cli_process
+from tests.support.databases import pg_env
+from tests.support.paths import REPO
 
 SHIPPED = REPO / "cex_arbitrage" / "db" / "migrations"
 

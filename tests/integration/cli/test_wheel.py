@@ -23,7 +23,8 @@ import pytest
 
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.errors import ExitCode
-from tests.conftest import REPO, pg_env
+from tests.support.databases import pg_env
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.wheel
 

@@ -28,8 +28,8 @@ from cex_arbitrage.db.migrator.source import load_migrations
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.engine import TRADE_FEATURE, Engine, EngineSources
 from cex_arbitrage.errors import ChecksumMismatchError, MigrationError
-
-from .conftest import REPO, pg_env
+from tests.support.databases import pg_env
+from tests.support.paths import REPO
 
 MIGRATIONS = REPO / "cex_arbitrage" / "db" / "migrations"
 SAMPLE = REPO / "cex_arbitrage" / "samples" / "replay.jsonl"

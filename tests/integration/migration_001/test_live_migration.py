@@ -42,8 +42,9 @@ from cex_arbitrage.collectors import Trade, TradeWriter
 from cex_arbitrage.config import MigrationSettings
 from cex_arbitrage.db.migrations import ensure_schema
 from cex_arbitrage.db.structs import DatabaseConfig
-from tests.conftest import create_database, drop_database, pg_env, run_cli_process
-from tests.legacy_data import (
+from tests.support.cli import run_cli_process
+from tests.support.databases import create_database, drop_database, pg_env
+from tests.support.legacy_data import (
     create_legacy_schema,
     dump_difference,
     fill_legacy_bulk,

@@ -29,7 +29,9 @@ import pytest
 from cex_arbitrage.db.migrator.lock import LOCK_NAMESPACE, MIGRATE_LOCK
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.errors import ExitCode
-from tests.conftest import REPO, CliRunner, pg_env, write_migrations
+from tests.support.cli import CliRunner, write_migrations
+from tests.support.databases import fetch, has_table, pg_env
+from tests.support.paths import REPO
 
 PACKAGE_DIR = REPO / "cex_arbitrage" / "db" / "migrations"
 TRADE_MIGRATION = "001_add_trade_collection_support.sql"
@@ -59,19 +61,6 @@ def needs_trade_migration() -> None:
 def sha256_lf(path: Path) -> str:
     text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-async def fetch(db: DatabaseConfig, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(**db.connect_kwargs())
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
-
-
-async def has_table(db: DatabaseConfig, name: str) -> bool:
-    rows = await fetch(db, "SELECT to_regclass($1) IS NOT NULL AS present", name)
-    return bool(rows[0]["present"])
 
 
 async def history(db: DatabaseConfig) -> dict[str, asyncpg.Record] | None:

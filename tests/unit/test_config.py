@@ -17,7 +17,8 @@ from cex_arbitrage.config import (
 )
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.errors import ConfigError, ExitCode
-from tests.conftest import pg_env
+from tests.support.databases import pg_env
+from tests.support.paths import REPO
 
 SECRET = "s3cr3t-Pa55"
 
@@ -258,7 +259,7 @@ def test_features_cannot_be_changed_after_loading(tmp_path: Path) -> None:
 
 
 def test_example_config_loads(tmp_path: Path) -> None:
-    example = Path(__file__).resolve().parent.parent / "config.example.yaml"
+    example = REPO / "config.example.yaml"
     config = load_config(example, env={"CEX_TRADE_COLLECTION": "off"}, cwd=tmp_path)
     assert isinstance(config, AppConfig)
     assert config.feature_enabled("trade_collection") is False

@@ -1,6 +1,6 @@
 """The legacy starting point of migration 001, and ways to compare schemas.
 
-- `create_legacy_schema`: the tables exactly as tests/legacy-schema.sql (a copy
+- `create_legacy_schema`: the tables exactly as tests/support/legacy-schema.sql (a copy
   of the spec's file) creates them, optionally as hypertables as the legacy
   init script did on TimescaleDB deployments.
 - `make_legacy_dataset` / `load_legacy_dataset`: a deterministic data set of
@@ -34,12 +34,10 @@ from cex_arbitrage.db.migrator.model import Migration
 from cex_arbitrage.db.migrator.parse import parse_migration
 from cex_arbitrage.db.migrator.split import split_statements
 from cex_arbitrage.db.structs import DatabaseConfig
-from tests.conftest import pg_env
+from tests.support.databases import pg_env
+from tests.support.paths import MIGRATIONS, SUPPORT
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
-MIGRATIONS = REPO / "cex_arbitrage" / "db" / "migrations"
-LEGACY_SCHEMA = TESTS / "legacy-schema.sql"
+LEGACY_SCHEMA = SUPPORT / "legacy-schema.sql"
 MIGRATION_000 = MIGRATIONS / "000_create_migration_infrastructure.sql"
 MIGRATION_001 = MIGRATIONS / "001_add_trade_collection_support.sql"
 # The routines 001 calls: psql runs them after 000 and before 001 (README, manual SQL).
@@ -264,7 +262,7 @@ def make_legacy_dataset(n_trades: int = 100_000, seed: int = 1, days: int = 40) 
 
 
 async def create_legacy_schema(conn: asyncpg.Connection, *, hypertables: bool = False) -> None:
-    """The schema exactly as tests/legacy-schema.sql makes it (+ its create_hypertable lines)."""
+    """The schema exactly as tests/support/legacy-schema.sql makes it (+ create_hypertable)."""
     await conn.execute(LEGACY_SCHEMA.read_text())
     if hypertables:
         for statement in LEGACY_HYPERTABLES:

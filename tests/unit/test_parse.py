@@ -16,8 +16,9 @@ from cex_arbitrage.db.migrator.parse import parse_migration
 from cex_arbitrage.db.migrator.source import DirectorySource, load_migrations
 from cex_arbitrage.db.migrator.split import concurrent_index_name, split_statements
 from cex_arbitrage.errors import ExitCode, ValidationError
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO
 INFRA = REPO / "cex_arbitrage" / "db" / "migrations" / "000_create_migration_infrastructure.sql"
 
 

@@ -14,16 +14,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import pytest
 
 from cex_arbitrage.config import load_config
 from cex_arbitrage.db.migrator.source import PackageSource, load_catalog
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.errors import ConfigError, ExitCode, MigrationFileError
-from tests.conftest import REPO, CliRunner, run_cli_process, write_migrations
+from tests.support.cli import CliRunner, run_cli_process, write_migrations
+from tests.support.databases import fetch, has_table
+from tests.support.paths import REPO
 
 CURRENT = "nothing to apply; the schema is current"
 WIDGETS = "CREATE TABLE widgets (id INTEGER PRIMARY KEY);\n"
@@ -34,19 +34,6 @@ INFRA = REPO / "cex_arbitrage" / "db" / "migrations" / "000_create_migration_inf
 
 def explain(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-
-
-async def fetch(db: DatabaseConfig, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(**db.connect_kwargs())
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
-
-
-async def has_table(db: DatabaseConfig, name: str) -> bool:
-    rows = await fetch(db, "SELECT to_regclass($1) IS NOT NULL AS present", name)
-    return bool(rows[0]["present"])
 
 
 async def applied(db: DatabaseConfig) -> list[str] | None:

@@ -23,13 +23,9 @@ from cex_arbitrage.config import MigrationSettings
 from cex_arbitrage.db.migrations.run_migrations import MigrationRunner
 from cex_arbitrage.db.migrator.source import DirectorySource
 from cex_arbitrage.db.structs import DatabaseConfig
-from tests.conftest import (
-    fresh_database,
-    pg_env,
-    run_cli_process,
-    timescale_database,
-)
-from tests.legacy_data import (
+from tests.support.cli import run_cli_process
+from tests.support.databases import fresh_database, pg_env, timescale_database
+from tests.support.legacy_data import (
     BACKGROUND_STEPS,
     FOREGROUND_STEPS,
     MIGRATION_001,
