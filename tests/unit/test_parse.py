@@ -15,7 +15,7 @@ from cex_arbitrage.db.migrator.model import checksum_of
 from cex_arbitrage.db.migrator.parse import parse_migration
 from cex_arbitrage.db.migrator.source import DirectorySource, load_migrations
 from cex_arbitrage.db.migrator.split import concurrent_index_name, split_statements
-from cex_arbitrage.errors import ExitCode, ValidationError
+from cex_arbitrage.errors import ExitCode, TransactionControlError, ValidationError
 from tests.support.paths import REPO
 
 REPO = REPO
@@ -323,6 +323,10 @@ def test_file_without_statements_is_refused() -> None:
         ("commit and chain;", "COMMIT"),
         ("ROLLBACK;", "ROLLBACK"),
         ("ABORT;", "ABORT"),
+        ("END;", "END"),
+        ("end work;", "END"),
+        ("END TRANSACTION AND CHAIN;", "END"),
+        ("PREPARE TRANSACTION 'x';", "PREPARE TRANSACTION"),
     ],
 )
 def test_transaction_control_is_refused_with_file_and_line(statement: str, word: str) -> None:
@@ -358,6 +362,20 @@ def test_savepoints_and_transaction_words_inside_bodies_are_allowed() -> None:
         "-- COMMIT;\n",
     )
     assert len(m.steps) == 1
+
+
+def test_end_after_a_begin_atomic_body_is_part_of_it_but_a_top_level_end_is_refused() -> None:
+    body = (
+        "CREATE FUNCTION f(x int) RETURNS int LANGUAGE sql\n"
+        "BEGIN ATOMIC\n  SELECT CASE WHEN x > 0 THEN 1 ELSE 2 END;\n  SELECT 3;\nEND;\n"
+    )
+    m = parse_migration("003_x.sql", body + "SELECT 'END;';\n")
+    assert [s.split()[0] for s in m.steps[0].statements] == ["CREATE", "SELECT"]
+    assert m.steps[0].statements[0].endswith("END;")
+    # The END PostgreSQL would read as COMMIT (the case that committed half a migration).
+    error = refused("003_x.sql", "CREATE TABLE a (id int);\nEND;\nCREATE TABLE b (id int);\n")
+    assert error.message.startswith("003_x.sql:2: END is not allowed")
+    assert isinstance(error, TransactionControlError) and error.line == 2
 
 
 def test_psql_only_tail_may_manage_its_own_transaction() -> None:

@@ -38,9 +38,14 @@ _DIRECTIVE_NO_COLON_RE = re.compile(
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _CHECKSUM_RE = re.compile(r"^[0-9a-f]{64}$")
 # The runner owns transactions; a top-level COMMIT in a step would commit half a migration.
-# (Not END: it also closes a BEGIN ATOMIC function body, which a transactional step allows.)
+# Every spelling PostgreSQL accepts: BEGIN [WORK|TRANSACTION], START TRANSACTION,
+# COMMIT/END [AND CHAIN], ROLLBACK/ABORT (not ROLLBACK TO a savepoint), and PREPARE
+# TRANSACTION (it ends the transaction too). END closing a BEGIN ATOMIC body is part
+# of its CREATE statement (split.py), so a statement that starts with END ends a
+# transaction.
 _TRANSACTION_CONTROL_RE = re.compile(
-    r"^(?P<word>BEGIN|START\s+TRANSACTION|COMMIT|ROLLBACK|ABORT)\b(?!\s+(?:TO|PREPARED)\b)",
+    r"^(?P<word>BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|PREPARE\s+TRANSACTION)\b"
+    r"(?!\s+(?:TO|PREPARED)\b)",
     re.IGNORECASE,
 )
 _HEADER_KEYS = ("feature", "depends", "description", "replaces")

@@ -49,8 +49,9 @@ def split_statements(sql: str) -> list[str]:
 
     Understands what psql understands: quoted strings (with E'' escapes),
     quoted identifiers, dollar quoting, line and nested block comments.
-    Comment-only fragments are dropped. SQL-standard `BEGIN ATOMIC` bodies are
-    not supported (use a dollar-quoted body).
+    Comment-only fragments are dropped. A SQL-standard body
+    (`CREATE FUNCTION ... BEGIN ATOMIC ...; END`) stays one statement, as psql
+    keeps it: its semicolons are inside the body.
     """
     statements: list[str] = []
     i, start, n = 0, 0, len(sql)
@@ -60,28 +61,9 @@ def split_statements(sql: str) -> list[str]:
             nl = sql.find("\n", i)
             i = n if nl < 0 else nl + 1
         elif ch == "/" and sql.startswith("/*", i):
-            depth, i = 1, i + 2
-            while i < n and depth:
-                if sql.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif sql.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
+            i = _after_block_comment(sql, i)
         elif ch == "'":
-            escapes = i > 0 and sql[i - 1] in "eE" and (i < 2 or not _ident_char(sql[i - 2]))
-            i += 1
-            while i < n:
-                if escapes and sql[i] == "\\":
-                    i += 2
-                    continue
-                if sql[i] == "'":
-                    if i + 1 < n and sql[i + 1] == "'":
-                        i += 2
-                        continue
-                    break
-                i += 1
-            i += 1
+            i = _after_string(sql, i)
         elif ch == '"':
             end = sql.find('"', i + 1)
             while end >= 0 and sql.startswith('""', end):
@@ -96,14 +78,73 @@ def split_statements(sql: str) -> list[str]:
             else:
                 i += 1
         elif ch == ";":
-            _append(statements, sql[start:i])
+            if not _inside_atomic_body(sql[start:i]):
+                _append(statements, sql[start:i])
+                start = i + 1
             i += 1
-            start = i
         else:
             special = _SPECIAL_RE.search(sql, i + 1)
             i = n if special is None else special.start()
     _append(statements, sql[start:])
     return statements
+
+
+def _after_block_comment(sql: str, i: int) -> int:
+    """The index after the (nested) block comment that starts at i."""
+    depth, i, n = 1, i + 2, len(sql)
+    while i < n and depth:
+        if sql.startswith("/*", i):
+            depth, i = depth + 1, i + 2
+        elif sql.startswith("*/", i):
+            depth, i = depth - 1, i + 2
+        else:
+            i += 1
+    return i
+
+
+def _after_string(sql: str, i: int) -> int:
+    """The index after the string literal that starts at i ('' doubled; E'' escapes)."""
+    escapes = i > 0 and sql[i - 1] in "eE" and (i < 2 or not _ident_char(sql[i - 2]))
+    i, n = i + 1, len(sql)
+    while i < n:
+        if escapes and sql[i] == "\\":
+            i += 2
+            continue
+        if sql[i] == "'":
+            if i + 1 < n and sql[i + 1] == "'":
+                i += 2
+                continue
+            break
+        i += 1
+    return i + 1
+
+
+_ROUTINE_START_RE = re.compile(
+    r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE)\b", re.IGNORECASE
+)
+# Quoted text and comments, blanked before counting BEGIN/CASE/END words.
+_NOT_CODE_RE = re.compile(
+    r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\$(\w*)\$.*?\$\1\$",
+    re.DOTALL,
+)
+_BLOCK_WORD_RE = re.compile(r"\b(BEGIN|CASE|END)\b", re.IGNORECASE)
+
+
+def _inside_atomic_body(fragment: str) -> bool:
+    """True while a CREATE FUNCTION/PROCEDURE's BEGIN ATOMIC body is open.
+
+    Counted as psql counts it: BEGIN opens, CASE opens inside a body, END closes.
+    """
+    if not _ROUTINE_START_RE.match(strip_leading_comments(fragment)):
+        return False
+    depth = 0
+    for word in _BLOCK_WORD_RE.findall(_NOT_CODE_RE.sub(" ", fragment)):
+        word = word.upper()
+        if word == "BEGIN" or (word == "CASE" and depth > 0):
+            depth += 1
+        elif word == "END" and depth > 0:
+            depth -= 1
+    return depth > 0
 
 
 def _ident_char(ch: str) -> bool:
