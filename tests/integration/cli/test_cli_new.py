@@ -39,17 +39,19 @@ def test_new_writes_a_pending_migration_that_applies(db: DatabaseConfig, tmp_pat
         cwd=tmp_path,
     )
     assert new.returncode == 0, explain(new)
-    written = directory / "004_add_order_index.sql"
+    highest = max(int(p.name.split("_", 1)[0]) for p in SHIPPED.glob("[0-9]*.sql"))
+    version = f"{highest + 1:03d}"
+    written = directory / f"{version}_add_order_index.sql"
     assert new.stdout.strip() == str(written) and written.is_file()
 
     status = run_cli_process(["status", "--json", *dir_args], env, cwd=tmp_path)
     assert status.returncode == 0, explain(status)
-    assert states(status)["004"] == "pending"
+    assert states(status)[version] == "pending"
     assert states(status)["003"] == "applied"
 
     applied = run_cli_process(dir_args, env, cwd=tmp_path)
     assert applied.returncode == 0, explain(applied)
-    assert "applied 004" in applied.stdout
+    assert f"applied {version}" in applied.stdout
     after = run_cli_process(["status", "--json", "--exit-code", *dir_args], env, cwd=tmp_path)
     assert after.returncode == 0, explain(after)
-    assert states(after)["004"] == "applied"
+    assert states(after)[version] == "applied"

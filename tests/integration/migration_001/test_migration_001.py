@@ -765,3 +765,28 @@ async def test_timescale_psql_file_gives_the_same_schema_as_the_runner(
         await assert_aggregates(conn, data)
     finally:
         await conn.close()
+
+
+async def test_after_the_backfill_trades_is_vacuumed_and_analysed(db: DatabaseConfig) -> None:
+    """004: the backfill's dead row versions are made reusable without blocking writers."""
+    data = dataset(20_000)
+    await prepare_legacy(db, data)
+    runner = MigrationRunner(db, say=lambda _m: None)
+    result = await runner.migrate()
+    assert "004" in result.applied and "004" in result.background_done
+    conn = await connect(db)
+    try:
+        stats = await conn.fetchrow(
+            "SELECT last_vacuum, last_analyze FROM pg_stat_user_tables WHERE relname = 'trades'"
+        )
+        backfill_done = await conn.fetchval(
+            "SELECT updated_at FROM migration_progress WHERE version = '001' "
+            "AND task = 'backfill_symbols' AND done"
+        )
+        # After the backfill's last row version, not before it. (n_dead_tup is no
+        # proof: the backfill sessions' counts may reach the statistics after it.)
+        assert backfill_done is not None and stats["last_vacuum"] is not None
+        assert stats["last_vacuum"] >= backfill_done and stats["last_analyze"] >= backfill_done
+        await assert_legacy_outcome(conn, data)
+    finally:
+        await conn.close()
