@@ -2,7 +2,8 @@
 -- migration_history, as SQL callers (dashboards, health probes) use them.
 --
 -- 000 created their first versions; they are code, replaced rather than
--- migrated, so their current bodies live here. Routines record themselves in
+-- migrated, so a body that must change lives here (the others stay as 000
+-- made them). Routines record themselves in
 -- migration_history under 'R__NAME', so "the current version" counts only
 -- versioned migrations (numeric versions).
 --
@@ -12,16 +13,6 @@
 -- -f` right after 000 (README, "Manual SQL execution").
 --
 -- migrate:description Status functions over migration_history (routines excluded from versions)
-
--- Is VERSION applied (its foreground part at least)?
-CREATE OR REPLACE FUNCTION migration_is_applied(p_version TEXT)
-RETURNS BOOLEAN
-LANGUAGE sql STABLE AS $$
-    SELECT EXISTS (
-        SELECT 1 FROM migration_history
-        WHERE version = p_version AND state IN ('background', 'applied')
-    )
-$$;
 
 -- The highest applied versioned migration, NULL on an empty history.
 -- Versions compare as numbers (010 > 009 whatever the collation).
