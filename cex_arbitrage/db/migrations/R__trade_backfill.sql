@@ -55,10 +55,18 @@
 --             cex_backfill_split(lo, hi)                split the rest in one UPDATE
 --             cex_backfill_record(lo, ...)              mark done, add to the counters
 --   finish    cex_backfill_finish()                     the last session: sweep, drop, report
--- State lives in migration_progress ('001', 'backfill_symbols': position,
--- rows_done, rows_total, and the counters in detail) and in the two work
--- tables the set-up creates and the finish drops; a backfill left half done
--- by an earlier release of this file resumes from the same state.
+--   archive   cex_archive_trades()                      the one move of rows to the archive
+--
+-- State: the work tables the set-up creates and the finish drops —
+-- cex_backfill_chunks and cex_backfill_dup_ids (above), the counters in
+-- typed columns of cex_backfill_totals (one row), the unsplittable symbols
+-- with their row counts (cex_backfill_unsplittable) and the ids of rows left
+-- unsplit because they break a constraint (cex_backfill_violating) — and
+-- migration_progress ('001', 'backfill_symbols': position, rows_done,
+-- rows_total, and in detail the JSON that status shows, derived from the
+-- work tables by cex_backfill_detail() alone). A backfill left half done by
+-- an earlier release of this file (counters in detail only) resumes: the
+-- set-up seeds the counters from that detail.
 
 -- Set-up, once: cut the old ids into chunks, note the duplicate candidates,
 -- start the counters. A session that comes second waits for the first's
@@ -69,6 +77,8 @@ DECLARE
     progress migration_progress%ROWTYPE;
     boundary bigint;
     start_after bigint;
+    chunks integer;
+    candidates bigint;
 BEGIN
     PERFORM set_config('lock_timeout', '0', true);
     INSERT INTO migration_progress (version, task, rows_done, detail)
@@ -103,17 +113,18 @@ BEGIN
           ON k.exchange = t.exchange AND k.trade_id = t.trade_id
         WHERE t.id > start_after AND t.id <= boundary
         ON CONFLICT DO NOTHING;
+        SELECT count(*) INTO chunks FROM cex_backfill_chunks;
+        SELECT count(*) INTO candidates FROM cex_backfill_dup_ids;
+        CALL cex_backfill_start_totals(progress.detail, boundary, chunks, candidates);
         UPDATE migration_progress p
         SET rows_total = coalesce(p.rows_total, (SELECT count(*) FROM trades
                                                  WHERE symbol_base IS NULL AND id <= boundary)),
-            detail = jsonb_build_object('rows_split', 0, 'unsplittable_rows', 0,
-                                        'unsplittable_symbols', '{}'::jsonb, 'duplicates_archived', 0)
-                     || p.detail
-                     || jsonb_build_object('boundary_id', boundary,
-                                           'chunks', (SELECT count(*) FROM cex_backfill_chunks),
-                                           'duplicate_candidates', (SELECT count(*) FROM cex_backfill_dup_ids)),
-            updated_at = now()
+            detail = cex_backfill_detail(), updated_at = now()
         WHERE p.version = '001' AND p.task = 'backfill_symbols';
+    ELSIF NOT progress.done THEN  -- resumed; the counters of an earlier release are in detail
+        CALL cex_backfill_start_totals(progress.detail, (progress.detail ->> 'boundary_id')::bigint,
+                                       (progress.detail ->> 'chunks')::integer,
+                                       (progress.detail ->> 'duplicate_candidates')::bigint);
     END IF;
     COMMIT;
     -- The session's work tables, emptied at each commit.
@@ -131,6 +142,70 @@ BEGIN
         keep_id     bigint,      -- lowest id of the trade: the row that stays
         settled_max bigint       -- highest id of the trade among rows with parts set
     ) ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS cex_backfill_gone (     -- rows cex_archive_trades() moves
+        id           bigint,
+        ts           timestamptz,
+        kept_id      bigint,     -- the row of the same trade that stays
+        symbol_base  text,
+        symbol_quote text
+    ) ON COMMIT DELETE ROWS;
+END
+$$;
+
+-- The counter tables, unless they exist: typed columns in one row, the
+-- unsplittable symbols and the constraint-breaking ids, seeded from DETAIL
+-- (the JSON an earlier release kept its counters in; '{}' on a first start).
+CREATE OR REPLACE PROCEDURE cex_backfill_start_totals(
+    detail jsonb, boundary bigint, chunks integer, candidates bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_regclass('cex_backfill_totals') IS NOT NULL THEN
+        RETURN;
+    END IF;
+    CREATE TABLE cex_backfill_totals (
+        only_row                   boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+        boundary_id                bigint,            -- the last old row (NULL: none); later rows are not walked
+        chunks                     integer NOT NULL,
+        duplicate_candidates       bigint  NOT NULL,
+        rows_split                 bigint  NOT NULL,
+        unsplittable_rows          bigint  NOT NULL,
+        duplicates_archived        bigint  NOT NULL,
+        rows_violating_constraints bigint  NOT NULL,
+        chunks_redone              integer NOT NULL   -- done again after a concurrent write
+    );
+    CREATE TABLE cex_backfill_unsplittable (symbol varchar(50) PRIMARY KEY, n bigint NOT NULL);
+    CREATE TABLE cex_backfill_violating (id bigint PRIMARY KEY);
+    INSERT INTO cex_backfill_totals
+    VALUES (true, boundary, chunks, candidates,
+            coalesce((detail ->> 'rows_split')::bigint, 0),
+            coalesce((detail ->> 'unsplittable_rows')::bigint, 0),
+            coalesce((detail ->> 'duplicates_archived')::bigint, 0),
+            coalesce((detail ->> 'rows_violating_constraints')::bigint, 0),
+            coalesce((detail ->> 'chunks_redone')::integer, 0));
+    INSERT INTO cex_backfill_unsplittable (symbol, n)
+    SELECT key, value::bigint FROM jsonb_each_text(coalesce(detail -> 'unsplittable_symbols', '{}'));
+    INSERT INTO cex_backfill_violating (id)
+    SELECT jsonb_array_elements_text(coalesce(detail -> 'violating_ids', '[]'))::bigint;
+END
+$$;
+
+-- The backfill's detail in migration_progress, as status shows it, from the
+-- counter tables: the counters, the 100 most frequent unsplittable symbols
+-- with their row counts, the first 100 ids of rows left unsplit.
+CREATE OR REPLACE FUNCTION cex_backfill_detail()
+RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN  -- plpgsql: the tables exist only while a backfill runs
+    RETURN (SELECT to_jsonb(t) - 'only_row'
+           || jsonb_build_object(
+               'unsplittable_symbols',
+               (SELECT coalesce(jsonb_object_agg(symbol, n), '{}'::jsonb)
+                FROM (SELECT symbol, n FROM cex_backfill_unsplittable
+                      ORDER BY n DESC, symbol LIMIT 100) AS top),
+               'violating_ids',
+               (SELECT to_jsonb(coalesce(array_agg(id ORDER BY id), '{}'))
+                FROM (SELECT id FROM cex_backfill_violating ORDER BY id LIMIT 100) AS first_ids))
+    FROM cex_backfill_totals t);
 END
 $$;
 
@@ -196,46 +271,67 @@ BEGIN
 END
 $$;
 
--- Chunk, part 2: archive, then delete, the candidates that are not their
--- trade's kept row; then later rows (split elsewhere, higher ids) that
--- duplicate a kept row of this chunk. A duplicate is removed BEFORE its
--- group's kept row gets base/quote, since that update is what
--- uq_trades_dedup checks.
-CREATE OR REPLACE FUNCTION cex_backfill_archive(
-    c_lo bigint, c_hi bigint, OUT archived integer, OUT archived_later integer)
+-- Move the rows listed in cex_backfill_gone (and present in trades) to
+-- trades_duplicates_removed, with the base/quote and kept row given there;
+-- empties the list. Returns how many rows moved. The one place rows leave
+-- trades.
+CREATE OR REPLACE FUNCTION cex_archive_trades()
+RETURNS integer
 LANGUAGE plpgsql AS $$
+DECLARE
+    moved integer;
 BEGIN
-    WITH gone AS (
+    WITH listed AS (
+        DELETE FROM cex_backfill_gone RETURNING *
+    ), gone AS (
         DELETE FROM trades t
-        USING cex_backfill_batch b
-        WHERE t.id = b.id AND t."timestamp" = b.ts AND b.keep_id < b.id
-          AND t.id > c_lo AND t.id <= c_hi
-        RETURNING t.*, b.parts AS split, b.keep_id AS kept
+        USING listed g
+        WHERE t.id = g.id AND t."timestamp" = g.ts
+        RETURNING t.*, g.kept_id AS kept, g.symbol_base AS base, g.symbol_quote AS quote
     )
     INSERT INTO trades_duplicates_removed (
         id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
         side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept_id)
-    SELECT id, "timestamp", exchange, symbol, split[1], split[2], price, quantity,
+    SELECT id, "timestamp", exchange, symbol, base, quote, price, quantity,
            side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
     FROM gone;
-    GET DIAGNOSTICS archived = ROW_COUNT;
-    archived_later := 0;
-    IF EXISTS (SELECT 1 FROM cex_backfill_batch WHERE keep_id = id AND settled_max > id) THEN
-        WITH gone AS (
-            DELETE FROM trades t
-            USING cex_backfill_batch b
-            WHERE b.keep_id = b.id AND b.settled_max > b.id
-              AND t.exchange = b.exchange AND t.symbol_base = b.parts[1]
-              AND t.symbol_quote = b.parts[2] AND t.trade_id = b.trade_id AND t.id > b.id
-            RETURNING t.*, b.id AS kept
-        )
-        INSERT INTO trades_duplicates_removed (
-            id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
-            side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept_id)
-        SELECT id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
-               side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
-        FROM gone;
-        GET DIAGNOSTICS archived_later = ROW_COUNT;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    RETURN moved;
+END
+$$;
+
+-- Chunk, part 2: archive the candidates that are not their trade's kept
+-- row; then later rows (split elsewhere, higher ids) that duplicate a kept
+-- row of this chunk. A duplicate is removed BEFORE its group's kept row gets
+-- base/quote, since that update is what uq_trades_dedup checks.
+CREATE OR REPLACE FUNCTION cex_backfill_archive(
+    c_lo bigint, c_hi bigint, OUT archived integer, OUT archived_later integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    resplit bigint;
+BEGIN
+    INSERT INTO cex_backfill_gone (id, ts, kept_id, symbol_base, symbol_quote)
+    SELECT b.id, b.ts, b.keep_id, b.parts[1], b.parts[2]
+    FROM cex_backfill_batch b
+    WHERE b.keep_id < b.id AND b.id > c_lo AND b.id <= c_hi;
+    archived := cex_archive_trades();
+    INSERT INTO cex_backfill_gone (id, ts, kept_id, symbol_base, symbol_quote)
+    SELECT t.id, t."timestamp", b.id, t.symbol_base, t.symbol_quote
+    FROM cex_backfill_batch b
+    JOIN trades t
+      ON t.exchange = b.exchange AND t.symbol_base = b.parts[1]
+     AND t.symbol_quote = b.parts[2] AND t.trade_id = b.trade_id AND t.id > b.id
+    WHERE b.keep_id = b.id AND b.settled_max > b.id;
+    -- An old row (id up to the boundary) among them was split by another
+    -- session's chunk, which counted it in rows_split: it is archived now,
+    -- not split. (A row written between 001's foreground part and the
+    -- set-up also has such an id but was split by its writer; archived here,
+    -- it is subtracted too, and rows_split undercounts by it.)
+    SELECT count(*) INTO resplit FROM cex_backfill_gone g
+    WHERE g.id <= (SELECT boundary_id FROM cex_backfill_totals);
+    archived_later := cex_archive_trades();
+    IF resplit > 0 THEN
+        UPDATE cex_backfill_totals SET rows_split = rows_split - resplit;
     END IF;
 END
 $$;
@@ -278,8 +374,10 @@ BEGIN
 END
 $$;
 
--- Chunk, part 4: the chunk is done; add its counts to migration_progress.
--- `position` is the low-water mark: every old id up to it is done.
+-- Chunk, part 4: the chunk is done; add its counts to the counter tables
+-- (the totals row first: it orders sessions, so their upserts of symbols
+-- cannot deadlock) and derive migration_progress from them. `position` is
+-- the low-water mark: every old id up to it is done.
 CREATE OR REPLACE FUNCTION cex_backfill_record(
     c_lo bigint, boundary bigint, examined bigint, unsplittable bigint, archived integer,
     archived_later integer, violating bigint[], redone boolean)
@@ -289,40 +387,22 @@ DECLARE
     progress migration_progress%ROWTYPE;
 BEGIN
     UPDATE cex_backfill_chunks SET done = true WHERE lo = c_lo;
+    UPDATE cex_backfill_totals
+    SET rows_split = rows_split + examined - unsplittable - archived - cardinality(violating),
+        unsplittable_rows = unsplittable_rows + unsplittable,
+        duplicates_archived = duplicates_archived + archived + archived_later,
+        rows_violating_constraints = rows_violating_constraints + cardinality(violating),
+        chunks_redone = chunks_redone + CASE WHEN redone THEN 1 ELSE 0 END;
+    INSERT INTO cex_backfill_unsplittable AS u (symbol, n)
+    SELECT symbol, n FROM cex_backfill_symbols WHERE parts IS NULL ORDER BY symbol
+    ON CONFLICT (symbol) DO UPDATE SET n = u.n + excluded.n;
+    INSERT INTO cex_backfill_violating (id) SELECT unnest(violating) ON CONFLICT DO NOTHING;
     UPDATE migration_progress p
     SET position = coalesce((SELECT min(lo) FROM cex_backfill_chunks WHERE NOT done),
                             boundary)::text,
         rows_done = p.rows_done + examined,
-        updated_at = now(),
-        detail = p.detail || jsonb_build_object(
-            'rows_split', (p.detail ->> 'rows_split')::bigint
-                          + examined - unsplittable - archived - cardinality(violating),
-            'unsplittable_rows', (p.detail ->> 'unsplittable_rows')::bigint + unsplittable,
-            -- rows left unsplit because they break a trades constraint
-            'rows_violating_constraints',
-                coalesce((p.detail ->> 'rows_violating_constraints')::bigint, 0)
-                + cardinality(violating),
-            'violating_ids', (
-                SELECT to_jsonb(coalesce(array_agg(v ORDER BY v), '{}'))
-                FROM (SELECT v FROM (SELECT jsonb_array_elements_text(
-                                         coalesce(p.detail -> 'violating_ids', '[]'))::bigint
-                                     UNION ALL SELECT unnest(violating)) AS x(v)
-                      ORDER BY v LIMIT 100) AS first_ids),
-            'duplicates_archived',
-                (p.detail ->> 'duplicates_archived')::bigint + archived + archived_later,
-            -- chunks done again after meeting a row split elsewhere meanwhile
-            'chunks_redone', coalesce((p.detail ->> 'chunks_redone')::bigint, 0)
-                             + CASE WHEN redone THEN 1 ELSE 0 END,
-            -- the 100 most frequent unsplittable symbols with their row counts
-            'unsplittable_symbols', (
-                SELECT coalesce(jsonb_object_agg(sym, n), '{}'::jsonb)
-                FROM (SELECT sym, sum(n)::bigint AS n
-                      FROM (SELECT key AS sym, value::bigint AS n
-                            FROM jsonb_each_text(p.detail -> 'unsplittable_symbols')
-                            UNION ALL
-                            SELECT symbol, n FROM cex_backfill_symbols
-                            WHERE parts IS NULL) AS u
-                      GROUP BY sym ORDER BY sum(n) DESC, sym LIMIT 100) AS top))
+        detail = cex_backfill_detail(),
+        updated_at = now()
     WHERE p.version = '001' AND p.task = 'backfill_symbols'
     RETURNING * INTO progress;
     RETURN progress;
@@ -380,8 +460,8 @@ $$;
 -- Finish, by the session that finds nothing left to claim: if every chunk is
 -- done, archive rows written since the set-up (ids above the boundary, split
 -- by their writer) that replay an old trade at another time than the old row
--- (at the same time, uq_trades_dedup made the chunk look them up), drop the
--- work tables, mark the task done and report. A chunk still in another
+-- (at the same time, uq_trades_dedup made the chunk look them up), mark the
+-- task done with its final detail, drop the work tables and report. A chunk still in another
 -- session's hands is finished by that session.
 CREATE OR REPLACE PROCEDURE cex_backfill_finish()
 LANGUAGE plpgsql AS $$
@@ -404,34 +484,24 @@ BEGIN
         RETURN;
     END IF;
     boundary := (progress.detail ->> 'boundary_id')::bigint;
-    WITH later AS (
-        SELECT n.id, n."timestamp" AS ts, min(o.id) AS kept
-        FROM trades n
-        JOIN trades o
-          ON o.exchange = n.exchange AND o.symbol_base = n.symbol_base
-         AND o.symbol_quote = n.symbol_quote AND o.trade_id = n.trade_id
-         AND o.trade_id IS NOT NULL AND o.id <= boundary
-        WHERE n.id > boundary AND n.trade_id IS NOT NULL
-        GROUP BY n.id, n."timestamp"
-    ), gone AS (
-        DELETE FROM trades t USING later l
-        WHERE t.id = l.id AND t."timestamp" = l.ts
-        RETURNING t.*, l.kept
-    )
-    INSERT INTO trades_duplicates_removed (
-        id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
-        side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept_id)
-    SELECT id, "timestamp", exchange, symbol, symbol_base, symbol_quote, price, quantity,
-           side, trade_id, created_at, quote_quantity, is_buyer, is_maker, kept
-    FROM gone;
-    GET DIAGNOSTICS archived_later = ROW_COUNT;
-    DROP TABLE IF EXISTS cex_backfill_chunks, cex_backfill_dup_ids;
+    INSERT INTO cex_backfill_gone (id, ts, kept_id, symbol_base, symbol_quote)
+    SELECT n.id, n."timestamp", min(o.id), n.symbol_base, n.symbol_quote
+    FROM trades n
+    JOIN trades o
+      ON o.exchange = n.exchange AND o.symbol_base = n.symbol_base
+     AND o.symbol_quote = n.symbol_quote AND o.trade_id = n.trade_id
+     AND o.trade_id IS NOT NULL AND o.id <= boundary
+    WHERE n.id > boundary AND n.trade_id IS NOT NULL
+    GROUP BY n.id, n."timestamp", n.symbol_base, n.symbol_quote;
+    archived_later := cex_archive_trades();
+    UPDATE cex_backfill_totals SET duplicates_archived = duplicates_archived + archived_later;
     UPDATE migration_progress p
     SET done = true, position = coalesce(boundary::text, p.position), updated_at = now(),
-        detail = p.detail || jsonb_build_object(
-            'duplicates_archived', (p.detail ->> 'duplicates_archived')::bigint + archived_later)
+        detail = cex_backfill_detail()
     WHERE p.version = '001' AND p.task = 'backfill_symbols'
     RETURNING * INTO progress;
+    DROP TABLE IF EXISTS cex_backfill_chunks, cex_backfill_dup_ids, cex_backfill_totals,
+                         cex_backfill_unsplittable, cex_backfill_violating;
     COMMIT;
     IF coalesce((progress.detail ->> 'rows_violating_constraints')::bigint, 0) > 0 THEN
         RAISE WARNING 'migration 001: % rows break a constraint of trades (see the WARNING of '

@@ -1,5 +1,5 @@
--- Routine trade_helpers (repeatable): whether a table is a TimescaleDB hypertable, the
--- extension's version, and index builds one chunk at a time.
+-- Routine trade_helpers (repeatable): 001's list of trades constraints, whether a table is
+-- a TimescaleDB hypertable, the extension's version, and index builds one chunk at a time.
 --
 -- A routine is code that is replaced, not migrated: the runner runs this
 -- whole file again, in one transaction with its history row
@@ -10,7 +10,22 @@
 -- -f` after 000 and before 001 (README, "Manual SQL execution").
 --
 -- migrate:feature trade_collection
--- migrate:description TimescaleDB detection and the chunk-by-chunk index build 001 uses
+-- migrate:description 001's constraint list, TimescaleDB detection and the chunk-by-chunk index build
+
+-- The CHECK constraints 001 puts on trades, once: its write_path step adds
+-- the missing ones NOT VALID, its validate_constraints step validates them.
+-- Adding a row here changes neither on a database where 001 ran: a new
+-- constraint is a new versioned migration.
+CREATE OR REPLACE FUNCTION cex_trade_constraints(OUT name text, OUT definition text)
+RETURNS SETOF record
+LANGUAGE sql IMMUTABLE AS $$
+    VALUES
+        ('trades_side_check',                  $c$CHECK (side IN ('buy', 'sell'))$c$),
+        ('trades_symbol_parts_check',          $c$CHECK ((symbol_base IS NULL) = (symbol_quote IS NULL))$c$),
+        ('trades_price_positive',              $c$CHECK (price > 0)$c$),
+        ('trades_quantity_positive',           $c$CHECK (quantity > 0)$c$),
+        ('trades_quote_quantity_not_negative', $c$CHECK (quote_quantity >= 0)$c$)
+$$;
 
 -- Is REL a TimescaleDB hypertable? False where the extension is not installed.
 CREATE OR REPLACE FUNCTION cex_is_hypertable(rel regclass)

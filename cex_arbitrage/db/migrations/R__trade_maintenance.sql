@@ -24,14 +24,13 @@ DECLARE
     outcome text;
 BEGIN
     INSERT INTO migration_progress (version, task, rows_done, rows_total)
-    VALUES ('001', 'validate_constraints', 0, 5)
+    VALUES ('001', 'validate_constraints', 0, (SELECT count(*) FROM cex_trade_constraints()))
     ON CONFLICT (version, task) DO NOTHING;
     COMMIT;
     FOR c IN
         SELECT conname FROM pg_constraint
         WHERE conrelid = 'trades'::regclass AND contype = 'c' AND NOT convalidated
-          AND conname IN ('trades_side_check', 'trades_symbol_parts_check', 'trades_price_positive',
-                          'trades_quantity_positive', 'trades_quote_quantity_not_negative')
+          AND conname IN (SELECT name FROM cex_trade_constraints())
         ORDER BY conname
     LOOP
         BEGIN
