@@ -101,11 +101,11 @@ DECLARE
     t text;
     is_empty boolean;
 BEGIN
-    IF cex_timescaledb_version() IS NULL THEN
+    IF cex_migration.timescaledb_version() IS NULL THEN
         RETURN;
     END IF;
     FOREACH t IN ARRAY ARRAY['book_ticker_snapshots', 'trades'] LOOP
-        CONTINUE WHEN cex_is_hypertable(t::regclass);
+        CONTINUE WHEN cex_migration.is_hypertable(t::regclass);
         EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM %I)', t) INTO is_empty;
         IF is_empty THEN
             PERFORM create_hypertable(t::regclass, 'timestamp', if_not_exists => TRUE);
@@ -183,12 +183,12 @@ COMMENT ON TABLE trades_duplicates_removed IS
 -- first in name lookup), is indexed instead, and is dropped right after. On a
 -- plain table there is no temporary table and the statement builds the
 -- index without blocking writes.
-CALL cex_create_hypertable_index('trades', 'uq_trades_dedup', true,
+CALL cex_migration.create_hypertable_index('trades', 'uq_trades_dedup', true,
     '(exchange, symbol_base, symbol_quote, trade_id, "timestamp") WHERE trade_id IS NOT NULL');
 -- migrate:session
 DO $$
 BEGIN
-    IF cex_is_hypertable('trades') THEN
+    IF cex_migration.is_hypertable('trades') THEN
         CREATE TEMP TABLE IF NOT EXISTS trades (LIKE trades);
     END IF;
 END
@@ -207,7 +207,7 @@ $$;
 -- migrate:step write_path
 -- Constraints first (they take ACCESS EXCLUSIVE for a moment, covering the
 -- trigger's lock too), NOT VALID: new rows are checked at once, old rows are
--- validated in the background. Their one list is cex_trade_constraints() in
+-- validated in the background. Their one list is cex_migration.trade_constraints() in
 -- R__trade_helpers.sql. Then the trigger for legacy writers.
 DO $$
 DECLARE
@@ -215,7 +215,7 @@ DECLARE
 BEGIN
     SELECT string_agg(format('ADD CONSTRAINT %I %s NOT VALID', v.name, v.definition), ', ')
     INTO missing
-    FROM cex_trade_constraints() AS v
+    FROM cex_migration.trade_constraints() AS v
     WHERE NOT EXISTS (SELECT 1 FROM pg_constraint
                       WHERE conrelid = 'trades'::regclass AND conname = v.name);
     IF missing IS NOT NULL THEN
@@ -239,7 +239,7 @@ $$;
 -- refresh_aggregates), views with the same names, columns and answers on
 -- plain PostgreSQL. The one definition of their columns is in the routine
 -- R__trade_aggregates.sql.
-CALL cex_create_trade_aggregates();
+CALL cex_migration.create_trade_aggregates();
 
 -- migrate:step grants
 -- cex.app_role writes, cex.readonly_role reads (docs/migration-files.md,
@@ -284,11 +284,11 @@ $$;
 
 -- migrate:step backfill transaction:false background parallel
 -- Every session of the step CALLs it; they share out the chunks.
-CALL cex_backfill_trade_symbols();
+CALL cex_migration.backfill_trade_symbols();
 
 -- migrate:step validate_constraints transaction:false background
 ANALYZE trades;
-CALL cex_validate_trade_constraints();
+CALL cex_migration.validate_trade_constraints();
 
 -- migrate:step query_indexes transaction:false background
 -- Over the backfilled columns, so built after the backfill (once, and without
@@ -301,14 +301,14 @@ SELECT set_config('max_parallel_maintenance_workers', least(
     current_setting('max_parallel_maintenance_workers')::integer,
     greatest(coalesce(nullif(current_setting('cex.parallel_sessions', true), ''), '2')::integer - 1, 0)
 )::text, false);
-CALL cex_create_hypertable_index('trades', 'idx_trades_pair_time', false,
+CALL cex_migration.create_hypertable_index('trades', 'idx_trades_pair_time', false,
     '(symbol_base, symbol_quote, "timestamp" DESC)');
-CALL cex_create_hypertable_index('trades', 'idx_trades_exchange_time', false,
+CALL cex_migration.create_hypertable_index('trades', 'idx_trades_exchange_time', false,
     '(exchange, "timestamp" DESC)');
 -- migrate:session
 DO $$
 BEGIN
-    IF cex_is_hypertable('trades') THEN
+    IF cex_migration.is_hypertable('trades') THEN
         CREATE TEMP TABLE IF NOT EXISTS trades (LIKE trades);
     END IF;
 END
@@ -327,7 +327,7 @@ $$;
 RESET max_parallel_maintenance_workers;
 
 -- migrate:step refresh_aggregates transaction:false background
-CALL cex_refresh_trade_aggregates();
+CALL cex_migration.refresh_trade_aggregates();
 
 -- migrate:psql-only
 SELECT migration_record_manual('001', 'add_trade_collection_support', 'trade_collection');

@@ -16,6 +16,10 @@
 -- migrate:feature trade_collection
 -- migrate:description The OHLCV definition (1 minute, 1 hour) and its creation for 001
 
+-- 001's helpers live in the schema cex_migration, out of the application's
+-- way (docs/schema.md, "Helper functions and procedures").
+CREATE SCHEMA IF NOT EXISTS cex_migration;
+
 -- The OHLCV measures, once, in column order: each with its expression over
 -- trades rows and its roll-up from rows of a finer bucket (the 1 hour
 -- continuous aggregate is built on the 1 minute one). open/close are the
@@ -23,7 +27,7 @@
 -- aggregate (first(), last()) and a plain view, so the caller supplies them.
 -- notional = sum(price * quantity) makes the hourly vwap exact from the
 -- minute rows.
-CREATE OR REPLACE FUNCTION cex_ohlcv_measures(
+CREATE OR REPLACE FUNCTION cex_migration.ohlcv_measures(
     OUT ord integer, OUT name text, OUT over_trades text, OUT rollup text)
 RETURNS SETOF record
 LANGUAGE sql IMMUTABLE AS $$
@@ -45,7 +49,7 @@ $$;
 -- measures over trades (or rolled up from P_SOURCE's rows when P_ROLLUP),
 -- with P_OPEN and P_CLOSE for open and close. (Parameters are prefixed:
 -- in a SQL function a column of the same name would win over them.)
-CREATE OR REPLACE FUNCTION cex_ohlcv_query(
+CREATE OR REPLACE FUNCTION cex_migration.ohlcv_query(
     p_bucket text, p_source text, p_rollup boolean, p_open text, p_close text)
 RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
@@ -61,7 +65,7 @@ LANGUAGE sql IMMUTABLE AS $$
                           m.name), ', ' ORDER BY m.ord),
         p_source,
         CASE WHEN p_rollup THEN '' ELSE 'WHERE symbol_base IS NOT NULL' END)
-    FROM cex_ohlcv_measures() AS m
+    FROM cex_migration.ohlcv_measures() AS m
 $$;
 
 -- Create trades_ohlcv_1m and trades_ohlcv_1h where they are missing. With
@@ -73,35 +77,35 @@ $$;
 -- columns and answers, date_bin with time_bucket's default origin
 -- (2000-01-03, a Monday) giving the same buckets; ties in open/close: first()
 -- and last() pick any row, the views the lowest/highest id.
-CREATE OR REPLACE PROCEDURE cex_create_trade_aggregates()
+CREATE OR REPLACE PROCEDURE cex_migration.create_trade_aggregates()
 LANGUAGE plpgsql AS $$
 DECLARE
     origin CONSTANT text := $o$TIMESTAMPTZ '2000-01-03 00:00:00+00'$o$;
     cagg CONSTANT text := 'CREATE MATERIALIZED VIEW %I WITH (timescaledb.continuous, '
                           'timescaledb.materialized_only = false) AS %s WITH NO DATA';
 BEGIN
-    IF NOT cex_is_hypertable('trades') THEN
-        EXECUTE format('CREATE OR REPLACE VIEW trades_ohlcv_1m AS %s', cex_ohlcv_query(
+    IF NOT cex_migration.is_hypertable('trades') THEN
+        EXECUTE format('CREATE OR REPLACE VIEW trades_ohlcv_1m AS %s', cex_migration.ohlcv_query(
             format($b$date_bin(INTERVAL '1 minute', "timestamp", %s)$b$, origin), 'trades', false,
             '(array_agg(price ORDER BY "timestamp", id))[1]',
             '(array_agg(price ORDER BY "timestamp" DESC, id DESC))[1]'));
-        EXECUTE format('CREATE OR REPLACE VIEW trades_ohlcv_1h AS %s', cex_ohlcv_query(
+        EXECUTE format('CREATE OR REPLACE VIEW trades_ohlcv_1h AS %s', cex_migration.ohlcv_query(
             format($b$date_bin(INTERVAL '1 hour', "timestamp", %s)$b$, origin), 'trades', false,
             '(array_agg(price ORDER BY "timestamp", id))[1]',
             '(array_agg(price ORDER BY "timestamp" DESC, id DESC))[1]'));
         RETURN;
     END IF;
     IF to_regclass('trades_ohlcv_1m') IS NULL THEN
-        EXECUTE format(cagg, 'trades_ohlcv_1m', cex_ohlcv_query(
+        EXECUTE format(cagg, 'trades_ohlcv_1m', cex_migration.ohlcv_query(
             $b$time_bucket(INTERVAL '1 minute', "timestamp")$b$, 'trades', false,
             'first(price, "timestamp")', 'last(price, "timestamp")'));
     END IF;
-    IF to_regclass('trades_ohlcv_1h') IS NULL AND cex_timescaledb_version() >= 209 THEN
-        EXECUTE format(cagg, 'trades_ohlcv_1h', cex_ohlcv_query(
+    IF to_regclass('trades_ohlcv_1h') IS NULL AND cex_migration.timescaledb_version() >= 209 THEN
+        EXECUTE format(cagg, 'trades_ohlcv_1h', cex_migration.ohlcv_query(
             $b$time_bucket(INTERVAL '1 hour', bucket)$b$, 'trades_ohlcv_1m', true,
             'first(open, bucket)', 'last(close, bucket)'));
     ELSIF to_regclass('trades_ohlcv_1h') IS NULL THEN
-        EXECUTE format(cagg, 'trades_ohlcv_1h', cex_ohlcv_query(
+        EXECUTE format(cagg, 'trades_ohlcv_1h', cex_migration.ohlcv_query(
             $b$time_bucket(INTERVAL '1 hour', "timestamp")$b$, 'trades', false,
             'first(price, "timestamp")', 'last(price, "timestamp")'));
     END IF;

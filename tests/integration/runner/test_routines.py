@@ -82,6 +82,15 @@ def test_current_001_declares_it_replaces_the_released_file() -> None:
     assert [s.name for s in old.background_steps] == [s.name for s in current.background_steps]
 
 
+async def public_helpers(conn: asyncpg.Connection) -> list[str]:
+    """The cex_ functions and procedures left in public."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace "
+        "AND proname LIKE 'cex\\_%' ORDER BY proname"
+    )
+    return [r["proname"] for r in rows]
+
+
 async def _half_done_backfill_of_released_001(
     db: DatabaseConfig,
     text: str,
@@ -186,8 +195,11 @@ async def _released_001_field_case(db: DatabaseConfig, tmp_path: Path, hypertabl
         for path in ROUTINES:
             key = path.name.removesuffix(".sql")
             assert rows[key]["checksum"] == checksum_of(path.read_text()), key
+        # the released bodies in public are gone; the helpers live in cex_migration
+        assert await public_helpers(conn) == ["cex_split_symbol", "cex_trades_fill_symbol_parts"]
         body = await conn.fetchval(
-            "SELECT prosrc FROM pg_proc WHERE proname = 'cex_backfill_trade_symbols'"
+            "SELECT prosrc FROM pg_proc WHERE proname = 'backfill_trade_symbols' "
+            "AND pronamespace = 'cex_migration'::regnamespace"
         )
         assert "this bug is fixed" not in body
         await assert_legacy_outcome(conn, data)
@@ -236,7 +248,9 @@ async def test_backfill_half_done_with_counters_in_json_resumes_with_typed_count
         assert detail["rows_split"] == split
         assert sum(detail["unsplittable_symbols"].values()) == unsplit
         for table in ("chunks", "dup_ids", "totals", "unsplittable", "violating"):
-            assert await conn.fetchval(f"SELECT to_regclass('cex_backfill_{table}')") is None
+            for name in (f"cex_backfill_{table}", f"cex_migration.backfill_{table}"):
+                assert await conn.fetchval("SELECT to_regclass($1)", name) is None
+        assert await public_helpers(conn) == ["cex_split_symbol", "cex_trades_fill_symbol_parts"]
     finally:
         await conn.close()
 
