@@ -115,7 +115,7 @@ class MissingDependencyError(ValidationError):
 
 
 class UnknownTargetError(ValidationError):
-    """`--target` names a version no file has."""
+    """`--target` (or accept-checksum's VERSION) names a version no file has."""
 
     def __init__(self, message: str, *, target: str, known: Sequence[str]) -> None:
         super().__init__(message)

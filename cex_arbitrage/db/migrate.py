@@ -89,7 +89,7 @@ def _source(args: argparse.Namespace) -> MigrationSource:
     return DirectorySource(path)
 
 
-def _target(target: str | None, catalog: Catalog) -> str | None:
+def _target(target: str | None, catalog: Catalog, label: str = "--target") -> str | None:
     """`--target 1` is version 001 when exactly one file's version has that value."""
     versions = [m.version for m in catalog.migrations]
     if target is None or target.strip() in versions or not re.fullmatch(r"\s*[0-9]+\s*", target):
@@ -97,7 +97,7 @@ def _target(target: str | None, catalog: Catalog) -> str | None:
     same = [v for v in versions if int(v) == int(target)]
     if len(same) != 1:
         return target  # unknown or ambiguous: the runner refuses it, listing the versions
-    _err(f"--target {target}: version {same[0]}")
+    _err(f"{label} {target}: version {same[0]}")
     return same[0]
 
 
@@ -187,15 +187,16 @@ async def _run(args: argparse.Namespace, prep: _Prepared, db: DatabaseConfig) ->
             return int(ExitCode.PENDING)
         return 0
     if args.command == "accept-checksum":
-        old = await runner.accept_checksum(args.version)
-        if old == runner.catalog().by_version()[args.version].checksum:
+        version = _target(args.version, runner.catalog(), "accept-checksum") or args.version
+        old = await runner.accept_checksum(version)
+        if old == runner.catalog().by_version()[version].checksum:
             print(
-                f"{db.display}: the recorded checksum of version {args.version} already "
+                f"{db.display}: the recorded checksum of version {version} already "
                 "matches the file; nothing changed"
             )
             return 0
         print(
-            f"{db.display}: recorded the current checksum of version {args.version} "
+            f"{db.display}: recorded the current checksum of version {version} "
             f"(was {old[:12] or 'none'}…)"
         )
         return 0

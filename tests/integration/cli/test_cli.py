@@ -660,6 +660,12 @@ async def test_edited_applied_migration_is_refused_with_the_way_out_then_accepte
     assert after["001"]["checksum"] == sha256_lf(edited) != before["001"]["checksum"]
     assert after["002"]["checksum"] == before["002"]["checksum"]
 
+    # `1` is version 001, as with --target; accepting again changes nothing
+    repeated = run_cli("accept-checksum", "1", "--migrations-dir", str(small_set))
+    assert repeated.returncode == ExitCode.OK, explain(repeated)
+    assert "accept-checksum 1: version 001" in repeated.stderr
+    assert "already matches the file; nothing changed" in repeated.stdout
+
     again = run_cli("--migrations-dir", str(small_set))
     assert again.returncode == ExitCode.OK, explain(again)
     assert "nothing to apply" in again.stdout
