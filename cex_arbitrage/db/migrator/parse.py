@@ -144,6 +144,10 @@ def parse_routine(filename: str, text: str) -> Routine:
 
 def _scan(filename: str, text: str) -> _Scan:
     """Phase 1: read directives line by line into the header and raw steps."""
+    # A byte order mark (editors on Windows add one) would hide a first-line
+    # directive and reach the server as part of the first statement; psql
+    # skips it, and so does the runner. The checksum is of the file as it is.
+    text = text.removeprefix("\ufeff")
     scan = _Scan(steps=[_RawStep("main", 1)])
     for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
         directive = _DIRECTIVE_RE.match(line.rstrip("\r\n"))
