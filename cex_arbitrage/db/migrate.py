@@ -153,6 +153,7 @@ async def _verbose_report(db: DatabaseConfig, config: AppConfig, source: str) ->
     try:
         pre = await run_preflight(conn, db.display, MIGRATED_TABLES)
         print(f"server:     PostgreSQL {pre.server_version_text}")
+        print(f"cluster:    {pre.citus.describe() if pre.citus else 'single server (no Citus)'}")
         print(f"user:       {pre.user}")
         print(f"extensions: {', '.join(pre.extensions) or 'none'}")
         for warning in pre.warnings:

@@ -1,8 +1,8 @@
 """Checks against the live database before anything runs.
 
 Refuses (exit code 7) what would certainly fail halfway: a server too old, a
-standby or a read-only default (default_transaction_read_only), a user that
-may not create objects. Warns about what would slow or block a
+standby or a read-only default (default_transaction_read_only), a Citus
+worker node (cluster.py), a user that may not create objects. Warns about what would slow or block a
 migration: INVALID indexes from an earlier interrupted build, and long open
 transactions that a DDL lock would queue behind (while queued, that lock
 request blocks the collectors' inserts; lock_timeout bounds it).
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from cex_arbitrage.db.migrator.cluster import CitusNode, detect_citus, refuse_worker
 from cex_arbitrage.errors import PreflightError
 
 MIN_SERVER_VERSION = 120000
@@ -64,6 +65,7 @@ class Preflight:
     extensions: tuple[str, ...]
     invalid_indexes: tuple[str, ...]
     warnings: tuple[str, ...]
+    citus: CitusNode | None = None  # None: not a Citus node
 
 
 def _refuse_read_only(row: asyncpg.Record, database: str, user: str) -> None:
@@ -106,6 +108,9 @@ async def run_preflight(
         )
     user = row["usr"]
     _refuse_read_only(row, database, user)
+    citus = await detect_citus(conn, tuple(row["extensions"]))
+    if citus is not None:
+        refuse_worker(citus, database)
     if not row["is_superuser"]:
         if not row["can_create_in_public"]:
             raise PreflightError(
@@ -141,4 +146,5 @@ async def run_preflight(
         extensions=tuple(row["extensions"]),
         invalid_indexes=invalid,
         warnings=tuple(warnings),
+        citus=citus,
     )

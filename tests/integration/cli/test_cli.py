@@ -378,6 +378,7 @@ database:
         assert re.search(r"^config: .*config\.yaml.*DATABASE_URL", result.stdout, re.M), text
         assert f"database:   {db.user}:***@{db.host}:{db.port}/{db.database}" in result.stdout
         assert re.search(r"^server:\s+PostgreSQL \d+", result.stdout, re.M), text
+        assert re.search(r"^cluster:\s+single server \(no Citus\)$", result.stdout, re.M), text
         assert re.search(rf"^user:\s+{db.user}$", result.stdout, re.M), text
         assert re.search(r"^extensions:\s+.*plpgsql", result.stdout, re.M), text
     # The file's database section won over DATABASE_URL: the test database was migrated.
