@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("pglast", reason="the lint extra (pglast) is not installed")
 
-from tests.unit.test_lint_rules import do, lint  # noqa: E402
+from tests.unit.test_lint_rules import do, lint
 
 SQUAWK = os.environ.get("SQUAWK") or shutil.which("squawk")
 # squawk rules about style or the tool's own habits, not about this statement's safety

@@ -119,7 +119,7 @@ def theirs(sql: str) -> list[str]:
 
 # A few seconds by default; CEX_SPLIT_EXAMPLES=5000 for a long hunt.
 _SETTINGS = settings(
-    max_examples=int(os.environ.get("CEX_SPLIT_EXAMPLES", "120")),
+    max_examples=int(os.environ.get("CEX_SPLIT_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
