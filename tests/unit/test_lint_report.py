@@ -142,6 +142,18 @@ def test_the_cli_loads_neither_pglast_nor_the_linter_for_other_commands() -> Non
     assert out.strip() == "[]"
 
 
+def test_lint_loads_neither_asyncpg_nor_the_config_layer() -> None:
+    code = (
+        "import sys, io, contextlib; from cex_arbitrage.db.migrate import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()): code = main(['lint'])\n"
+        "print(code, sorted(m for m in sys.modules if m in ('asyncpg', 'cex_arbitrage.config')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "0 []"
+
+
 def test_lint_refuses_options_it_does_not_take_and_stray_files_elsewhere(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

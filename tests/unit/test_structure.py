@@ -140,7 +140,12 @@ def test_only_the_lint_command_imports_the_linter() -> None:
 
 @pytest.mark.parametrize(
     "package",
-    ["cex_arbitrage.db.migrator", "cex_arbitrage.db.migrations", "cex_arbitrage.db.lint"],
+    [
+        "cex_arbitrage.db.migrator",
+        "cex_arbitrage.db.migrations",
+        "cex_arbitrage.db.lint",
+        "cex_arbitrage.collectors",
+    ],
 )
 def test_public_face_exports_what_it_lists(package: str) -> None:
     import importlib
