@@ -82,6 +82,14 @@ CASES = [
     ("add-column-not-null",
      procedure("EXECUTE format('ALTER TABLE trades ADD COLUMN %I int NOT NULL', c);"),
      procedure("EXECUTE format('ALTER TABLE trades ADD COLUMN %I int', c);")),
+    ("add-column-not-null", do("ALTER TABLE orders ADD COLUMN n int NOT NULL;"),
+     do("ALTER TABLE orders ADD COLUMN n int;")),
+    ("set-not-null", procedure("ALTER TABLE orders ALTER COLUMN note SET NOT NULL;"),
+     procedure("ALTER TABLE orders ALTER COLUMN note DROP NOT NULL;")),
+    ("constraint-builds-index", do("ALTER TABLE orders ADD CONSTRAINT u UNIQUE (note);"),
+     do("ALTER TABLE fresh ADD CONSTRAINT u UNIQUE (note);")),
+    ("constraint-builds-index", procedure("ALTER TABLE trades ADD PRIMARY KEY (id);"),
+     procedure("ALTER TABLE trades ADD CONSTRAINT pk PRIMARY KEY USING INDEX trades_id;")),
     ("set-not-null", "ALTER TABLE trades ALTER COLUMN trade_id SET NOT NULL;",
      "ALTER TABLE trades ADD CONSTRAINT c CHECK (trade_id IS NOT NULL) NOT VALID;\n"
      "ALTER TABLE trades VALIDATE CONSTRAINT c;\n"
