@@ -133,6 +133,7 @@ CASES = [
      "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$;",
      NON_TX + "CALL batches();"),
     ("transaction-control", "CALL batches();", NON_TX + do("PERFORM 1;")),
+    ("transaction-control", do("CALL batches();"), NON_TX + do("CALL batches();\n    COMMIT;")),
     ("role-literal", "GRANT SELECT ON trades TO reporting;", "GRANT SELECT ON trades TO PUBLIC;"),
     ("role-literal", do("EXECUTE 'GRANT SELECT ON trades TO reporting';"),
      do("EXECUTE format('GRANT SELECT ON trades TO %I', current_setting('cex.app_role'));")),

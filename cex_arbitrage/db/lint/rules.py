@@ -58,8 +58,8 @@ RULES: Mapping[str, tuple[str, Check]] = MappingProxyType(
             rules_code.drop_written,
         ),
         "transaction-control": (
-            "COMMIT/ROLLBACK/SAVEPOINT in a step, DO block or function; CALL of a "
-            "committing procedure in a transaction",
+            "SAVEPOINT in a step; COMMIT/ROLLBACK, or CALL of a committing procedure, "
+            "in a function or in a transaction block",
             rules_code.transaction_control,
         ),
         "role-literal": (

@@ -11,7 +11,15 @@ from typing import Any
 from pglast.enums import AlterTableType, ObjectType, RoleSpecType
 
 from cex_arbitrage.db.lint.bodies import PlpgsqlControl
-from cex_arbitrage.db.lint.model import DO_BLOCK, FUNCTION_BODY, TOP, Hit, Knowledge, Stmt
+from cex_arbitrage.db.lint.model import (
+    DO_BLOCK,
+    FUNCTION_BODY,
+    PROCEDURE_BODY,
+    TOP,
+    Hit,
+    Knowledge,
+    Stmt,
+)
 from cex_arbitrage.db.lint.tree import (
     alter_commands,
     ast,
@@ -77,9 +85,14 @@ def drop_written(stmt: Stmt, know: Knowledge) -> Iterator[Hit]:
 
 
 def transaction_control(stmt: Stmt, know: Knowledge) -> Iterator[Hit]:
-    """COMMIT/ROLLBACK/SAVEPOINT inside a step, a DO block, or a function called in one."""
+    """COMMIT/ROLLBACK/SAVEPOINT in a step, and transaction control where it cannot run.
+
+    PL/pgSQL may COMMIT in a procedure, and in a DO block run outside a
+    transaction block (a `transaction:false` step); in a function, or in a DO
+    block of a transactional step, it fails with invalid transaction termination.
+    """
     node, place = stmt.node, stmt.place
-    if isinstance(node, ast.TransactionStmt) and place.body != "procedure":
+    if isinstance(node, ast.TransactionStmt) and place.body != PROCEDURE_BODY:
         yield Hit(
             "transaction-control",
             "transaction control in a step: the runner owns the transactions (one per "
@@ -87,21 +100,18 @@ def transaction_control(stmt: Stmt, know: Knowledge) -> Iterator[Hit]:
             "remove it; split the work into steps, `transaction:false` where it must commit "
             "on its own",
         )
-    elif isinstance(node, PlpgsqlControl) and place.body in (DO_BLOCK, FUNCTION_BODY):
-        fails = place.transactional or place.body == FUNCTION_BODY
+        return
+    fails = place.body == FUNCTION_BODY or (place.transactional and place.body in (TOP, DO_BLOCK))
+    if isinstance(node, PlpgsqlControl) and fails:
+        where = "a DO block of a transactional step" if place.body == DO_BLOCK else "a function"
         yield Hit(
             "transaction-control",
-            f"{node.word} inside a {'DO block' if place.body == DO_BLOCK else 'function'}: "
-            + (
-                "it fails here (invalid transaction termination)"
-                if fails
-                else "it commits part of the step, which the runner cannot resume"
-            ),
+            f"{node.word} inside {where}: it fails there (invalid transaction termination)",
             "move the batches into a procedure CALLed from a transaction:false step",
         )
-    elif isinstance(node, ast.CallStmt) and (place.transactional or place.body != TOP):
+    elif isinstance(node, ast.CallStmt) and fails:
         name = names(node.funccall.funcname)[-1] if node.funccall else ""
-        if name in know.committing_procedures and place.body != "procedure":
+        if name in know.committing_procedures:
             yield Hit(
                 "transaction-control",
                 f"CALL {name}() runs a procedure that COMMITs, inside a transaction block "
