@@ -16,8 +16,11 @@ COMMANDS = {
     "background": "run unfinished background steps (backfills) here",
     "accept-checksum": "VERSION: record the checksum of a deliberately edited file",
     "new": "NAME: write the next migration file, NNN_NAME.sql, to fill in (no database)",
-    "lint": "[FILES...]: safety rules for migrations on live tables (no database; "
-    "default: every file of the migration set; --json; needs the lint extra)",
+    "lint": "[FILES...]: safety rules for migrations on live tables (no database;\n"
+    + " " * 19
+    + "default: the whole set; --json; `-- lint:ignore RULE reason` suppresses;\n"
+    + " " * 19
+    + "needs the lint extra: pip install 'cex-arbitrage[lint]'; docs/lint.md)",
 }
 EMBEDDED_DIR_ENV = "CEX_EMBEDDED_DIR"
 MIGRATIONS_DIR_ENV = "CEX_MIGRATIONS_DIR"
