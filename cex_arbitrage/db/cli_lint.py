@@ -29,18 +29,29 @@ def lint_targets(files: list[str], migrations_dir: str | None) -> list[Path]:
                 problem = "is not a file" if path.exists() else "does not exist"
                 raise ValidationError(f"lint: {path} {problem}; give migration files (.sql)")
         return paths
-    if migrations_dir is None and os.environ.get(MIGRATIONS_DIR_ENV, "").strip():
-        migrations_dir = os.environ[MIGRATIONS_DIR_ENV]
-    if migrations_dir is None:
+    if migrations_dir is not None:
+        given, origin = migrations_dir, "--migrations-dir"
+    elif MIGRATIONS_DIR_ENV in os.environ:
+        given, origin = os.environ[MIGRATIONS_DIR_ENV], f"${MIGRATIONS_DIR_ENV}"
+    else:
         import cex_arbitrage.db.migrations as package
 
-        directory = Path(package.__file__ or ".").resolve().parent
-    else:
-        directory = Path(migrations_dir)
-    if not directory.is_dir():
+        given, origin = str(Path(package.__file__ or ".").resolve().parent), "the package"
+    if not given.strip():
         raise ValidationError(
-            f"lint: migrations directory {directory} is not a directory; give the directory "
+            f"{origin} is empty; give the directory that holds the NNN_name.sql migration files"
+        )
+    directory = Path(given)
+    if not directory.is_dir():
+        problem = "is not a directory" if directory.exists() else "does not exist"
+        raise ValidationError(
+            f"migrations directory {directory} (from {origin}) {problem}; give the directory "
             "that holds the NNN_name.sql files"
+        )
+    if not any(directory.glob("*.sql")):
+        raise ValidationError(
+            f"directory {directory} (from {origin}) holds no migration files (NNN_name.sql), "
+            "so there is nothing to lint"
         )
     return sorted(_shown(p) for p in directory.glob("*.sql"))
 

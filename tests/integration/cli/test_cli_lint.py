@@ -94,3 +94,18 @@ def test_migrate_sh_lint_and_a_missing_file(shipped_copy: Path) -> None:
     missing = run_cli_process(["lint", str(shipped_copy / "no.sql")], _env())
     assert missing.returncode == 4, explain(missing)
     assert "no.sql does not exist" in missing.stderr
+
+
+def test_a_missing_empty_or_file_less_migrations_dir_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (["--migrations-dir", str(tmp_path / "typo")], {}, "does not exist"),
+        (["--migrations-dir", ""], {}, "--migrations-dir is empty"),
+        ([], {"CEX_MIGRATIONS_DIR": ""}, "$CEX_MIGRATIONS_DIR is empty"),
+        (["--migrations-dir", str(empty)], {}, "holds no migration files"),
+    ]
+    for args, extra, words in cases:
+        result = run_cli_process(["lint", *args], {**_env(), **extra}, cwd=tmp_path)
+        assert result.returncode == 4, explain(result)
+        assert words in result.stderr, explain(result)
