@@ -29,8 +29,6 @@ from cex_arbitrage.db.lint.model import (
 )
 from cex_arbitrage.db.lint.tree import names as names_of
 
-# The transaction-control statements of PL/pgSQL, noted as a pseudo statement.
-TRANSACTION_CONTROL = "PLpgSQL transaction control"
 _FORMAT_SPEC_RE = re.compile(r"%(?:\d+\$)?-?(?:\d+|\*)?([sIL%])")
 
 
