@@ -164,3 +164,10 @@ def test_lint_refuses_options_it_does_not_take_and_stray_files_elsewhere(
 
 def test_app_facts_default_to_nothing_known() -> None:
     assert AppFacts().legacy_tables == frozenset() and not AppFacts().written_columns
+
+
+def test_a_body_postgresql_would_refuse_is_a_finding(tmp_path: Path) -> None:
+    plpgsql = do("SELECT 1 INTO undeclared;")
+    assert _lint(tmp_path, plpgsql) == [("sql-syntax", 2, False)]
+    sql_body = "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELEC 1 $$;\n"
+    assert _lint(tmp_path, sql_body) == [("sql-syntax", 2, False)]

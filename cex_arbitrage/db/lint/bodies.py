@@ -25,6 +25,7 @@ from cex_arbitrage.db.lint.model import (
     FUNCTION_BODY,
     PLACEHOLDER,
     PROCEDURE_BODY,
+    SqlSyntaxError,
     Stmt,
 )
 from cex_arbitrage.db.lint.tree import names as names_of
@@ -86,8 +87,8 @@ def _sql_body(stmt: Stmt, kind: str, body: str) -> Iterator[Stmt]:
     place = dataclasses.replace(stmt.place, body=kind)
     try:
         raw = pglast.parse_sql(body)
-    except pglast.parser.ParseError:
-        return
+    except pglast.parser.ParseError as exc:
+        raise _refused(stmt, "SQL", exc) from None
     data = body.encode("utf-8")
     for item in raw:
         line = first + data.count(b"\n", 0, item.stmt_location)
@@ -100,8 +101,8 @@ def _plpgsql(stmt: Stmt, kind: str, body: str | None) -> Iterator[Stmt]:
     place = dataclasses.replace(stmt.place, body=kind)
     try:
         tree = json.loads(parser.parse_plpgsql_json(stmt.text))
-    except pglast.parser.ParseError:
-        return
+    except pglast.parser.ParseError as exc:
+        raise _refused(stmt, "PL/pgSQL", exc) from None
     for key, value in _walk(tree):
         line = first + int(value.get("lineno", 1)) - 1
         if key in ("PLpgSQL_stmt_commit", "PLpgSQL_stmt_rollback"):
@@ -116,6 +117,11 @@ def _plpgsql(stmt: Stmt, kind: str, body: str | None) -> Iterator[Stmt]:
             literal = dynamic_sql(query)
             if literal is not None:
                 yield from _parsed(literal, line, dataclasses.replace(place, dynamic=True))
+
+
+def _refused(stmt: Stmt, language: str, exc: Exception) -> SqlSyntaxError:
+    """PostgreSQL checks a body when the function is created (a DO block when it runs)."""
+    return SqlSyntaxError(f"{language} body: {exc.args[0] if exc.args else exc}", stmt.line)
 
 
 def _walk(tree: Any) -> Iterator[tuple[str, dict[str, Any]]]:

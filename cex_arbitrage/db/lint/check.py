@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cex_arbitrage.db.lint.learn import committing_procedures, learn
-from cex_arbitrage.db.lint.model import AppFacts, Finding, Hit, Knowledge, Stmt
+from cex_arbitrage.db.lint.model import AppFacts, Finding, Hit, Knowledge, SqlSyntaxError, Stmt
 from cex_arbitrage.db.lint.rules import FILE_FORMAT, SQL_SYNTAX, hits
-from cex_arbitrage.db.lint.statements import SqlSyntaxError, file_statements
+from cex_arbitrage.db.lint.statements import file_statements
 from cex_arbitrage.db.lint.suppress import (
     BASELINE_NAME,
     Suppression,

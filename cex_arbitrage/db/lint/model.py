@@ -18,6 +18,14 @@ TOP, DO_BLOCK, FUNCTION_BODY, PROCEDURE_BODY = "top", "do", "function", "procedu
 PLACEHOLDER = "lint_dynamic_"
 
 
+class SqlSyntaxError(Exception):
+    """PostgreSQL's parser refused the file's SQL; `line` is where."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
 @dataclasses.dataclass(frozen=True)
 class Place:
     """How the runner runs the statement: which step, transactional or not, background or not."""

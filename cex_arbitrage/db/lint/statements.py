@@ -16,19 +16,11 @@ from collections.abc import Iterator
 import pglast
 
 from cex_arbitrage.db.lint.bodies import nested_statements
-from cex_arbitrage.db.lint.model import Place, Stmt
+from cex_arbitrage.db.lint.model import Place, SqlSyntaxError, Stmt
 from cex_arbitrage.db.migrator.model import Migration, Routine
 from cex_arbitrage.db.migrator.split import strip_leading_comments
 
 _PSQL_ONLY_RE = re.compile(r"^--\s*migrate:psql-only\s*$", re.MULTILINE)
-
-
-class SqlSyntaxError(Exception):
-    """PostgreSQL's parser refused the file's SQL; `line` is where."""
-
-    def __init__(self, message: str, line: int) -> None:
-        super().__init__(message)
-        self.line = line
 
 
 def runnable_text(text: str) -> str:
