@@ -171,3 +171,10 @@ def test_a_body_postgresql_would_refuse_is_a_finding(tmp_path: Path) -> None:
     assert _lint(tmp_path, plpgsql) == [("sql-syntax", 2, False)]
     sql_body = "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELEC 1 $$;\n"
     assert _lint(tmp_path, sql_body) == [("sql-syntax", 2, False)]
+
+
+def test_a_file_that_is_not_utf8_is_a_finding_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "004_latin1.sql").write_bytes(b"-- caf\xe9\nSELECT 1;\n")
+    assert _lint(tmp_path, "SELECT 1;\n") == []
+    report = lint_paths([tmp_path / "004_latin1.sql"], FACTS)
+    assert [(f.rule, f.line) for f in report.active] == [("file-format", 0)]

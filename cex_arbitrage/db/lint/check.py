@@ -108,7 +108,11 @@ def _run_order(name: str) -> tuple[int, int, str]:
 
 def _read(path: Path, shown: str) -> _File:
     """A file parsed twice: the runner's way (steps) and PostgreSQL's (statements)."""
-    text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
+    try:
+        text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError as exc:
+        problem = f"not UTF-8 text (byte offset {exc.start}); save the file as UTF-8"
+        return _File(shown, "", problems=[_problem(shown, 0, FILE_FORMAT, problem)])
     file = _File(shown, text)
     try:
         file.parsed = parse_file(path.name, text)
@@ -116,17 +120,18 @@ def _read(path: Path, shown: str) -> _File:
         message = exc.message.removeprefix(f"{path.name}:{exc.line}: ").removeprefix(
             f"{path.name}: "
         )
-        file.problems.append(
-            Finding(shown, exc.line, FILE_FORMAT, message, "the runner refuses this file", "", "")
-        )
+        file.problems.append(_problem(shown, exc.line, FILE_FORMAT, message))
         return file
     try:
         file.statements = list(file_statements(file.parsed, text))
     except SqlSyntaxError as exc:
-        file.problems.append(
-            Finding(shown, exc.line, SQL_SYNTAX, str(exc), "PostgreSQL refuses this SQL", "", "")
-        )
+        file.problems.append(_problem(shown, exc.line, SQL_SYNTAX, str(exc)))
     return file
+
+
+def _problem(shown: str, line: int, rule: str, message: str) -> Finding:
+    hint = "the runner refuses this file" if rule == FILE_FORMAT else "PostgreSQL refuses this SQL"
+    return Finding(shown, line, rule, message, hint, "", "")
 
 
 def _finding(shown: str, stmt: Stmt, hit: Hit) -> Finding:
