@@ -18,7 +18,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# Only the argument parser loads up front: `--help`, usage errors and `new` need no
+# Only the argument parser loads up front: `--help`, usage errors, `new` and `lint` need no
 # config, asyncpg or runner; each command imports what it uses.
 from cex_arbitrage.db.cli_args import (
     COMMANDS as COMMANDS,
@@ -303,7 +303,8 @@ async def _until_signal(work: Coroutine[Any, Any, int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        # intermixed: `lint --json A.sql B.sql` and `accept-checksum --config C 001` alike
+        args = parser.parse_intermixed_args(argv)
         _check_arguments(args)
     except SystemExit as exc:
         return int(exc.code or 0) and int(ExitCode.USAGE)
@@ -311,12 +312,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         _err(f"error: {exc.message}")
         return int(exc.exit_code)
-    if args.command == "new":
-        from cex_arbitrage.db.cli_new import run_new
-
+    if args.command in ("new", "lint"):
         try:
+            if args.command == "lint":
+                from cex_arbitrage.db.cli_lint import run_lint
+
+                return run_lint(args)
+            from cex_arbitrage.db.cli_new import run_new
+
             return run_new(args)
         except MigrationError as exc:
+            if isinstance(exc, ConfigError):
+                parser.print_usage(sys.stderr)
             _err(f"error: {exc.message}")
             return int(exc.exit_code)
     server = None

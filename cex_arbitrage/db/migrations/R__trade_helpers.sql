@@ -142,6 +142,7 @@ BEGIN
     -- Chunk creation takes SHARE UPDATE EXCLUSIVE on the hypertable: holding
     -- it, no chunk appears between the last chunk index and the root index
     -- (inserts into existing chunks go on).
+    -- lint:ignore lock-table SHARE UPDATE EXCLUSIVE does not block inserts or updates, only other DDL and chunk creation, for the few last chunk indexes
     EXECUTE format('LOCK TABLE %s IN SHARE UPDATE EXCLUSIVE MODE', p_table);
     FOR chunk IN
         SELECT n.nspname AS chunk_schema, c.relname AS chunk_name
