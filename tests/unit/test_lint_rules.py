@@ -164,6 +164,14 @@ def test_nested_statement_findings_name_their_own_line(tmp_path: Path) -> None:
     assert finding.statement == "DELETE FROM orders" and finding.step == "main"
 
 
+def test_non_ascii_text_before_a_statement_does_not_shift_it(tmp_path: Path) -> None:
+    """pglast's offsets count characters: a comment with é or — before a body is harmless."""
+    sql = "-- prix é — ok\nSELECT 1;\n" + do("PERFORM 1;\n    DELETE FROM orders;")
+    (finding,) = lint(tmp_path, sql)
+    assert finding.rule == "whole-table-dml" and finding.line == 7
+    assert finding.statement == "DELETE FROM orders"
+
+
 def test_a_table_this_file_creates_is_new_and_one_an_earlier_file_created_is_live(
     tmp_path: Path,
 ) -> None:

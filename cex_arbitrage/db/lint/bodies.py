@@ -89,9 +89,8 @@ def _sql_body(stmt: Stmt, kind: str, body: str) -> Iterator[Stmt]:
         raw = pglast.parse_sql(body)
     except pglast.parser.ParseError as exc:
         raise _refused(stmt, "SQL", exc) from None
-    data = body.encode("utf-8")
-    for item in raw:
-        line = first + data.count(b"\n", 0, item.stmt_location)
+    for item in raw:  # pglast's offsets count characters, not bytes
+        line = first + body.count("\n", 0, item.stmt_location)
         yield Stmt(item.stmt, body, line, place)
 
 

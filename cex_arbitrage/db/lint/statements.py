@@ -45,7 +45,6 @@ def _places(parsed: Migration | Routine) -> list[tuple[int, Place]]:
 def file_statements(parsed: Migration | Routine, text: str) -> Iterator[Stmt]:
     """Every statement the runner sends for this file, in order, nested ones after their parent."""
     body = runnable_text(text)
-    data = body.encode("utf-8")
     try:
         raw = pglast.parse_sql(body)
     except pglast.parser.ParseError as exc:
@@ -53,12 +52,13 @@ def file_statements(parsed: Migration | Routine, text: str) -> Iterator[Stmt]:
         raise SqlSyntaxError(str(exc.args[0]), body.count("\n", 0, at) + 1) from None
     places = _places(parsed)
     for item in raw:
+        # pglast gives character offsets (libpg_query's byte offsets, converted)
         location = int(item.stmt_location or 0)
-        end = len(data) if not item.stmt_len else location + int(item.stmt_len)
-        fragment = data[location:end].decode("utf-8")
+        end = len(body) if not item.stmt_len else location + int(item.stmt_len)
+        fragment = body[location:end]
         stripped = strip_leading_comments(fragment)
-        start = location + len(fragment[: len(fragment) - len(stripped)].encode("utf-8"))
-        line = _line_of_byte(data, start)
+        start = location + len(fragment) - len(stripped)
+        line = body.count("\n", 0, max(start, 0)) + 1
         place = places[0][1]
         for first_line, candidate in places:
             if first_line <= line:
@@ -66,7 +66,3 @@ def file_statements(parsed: Migration | Routine, text: str) -> Iterator[Stmt]:
         stmt = Stmt(item.stmt, stripped.strip(), line, place)
         yield stmt
         yield from nested_statements(stmt)
-
-
-def _line_of_byte(data: bytes, offset: int) -> int:
-    return data.count(b"\n", 0, max(offset, 0)) + 1

@@ -1,9 +1,8 @@
 """Parse one migration or routine file: name, header directives, steps, statements.
 
-The format is documented in docs/migration-files.md. Directives are SQL
-comments (`-- migrate:KEY VALUE`), so every file stays a plain psql script.
-Parsing runs in named phases: the file name, a line scan into header and raw
-steps, step validation, then the header's values.
+Format: docs/migration-files.md. Directives are SQL comments (`-- migrate:KEY VALUE`),
+so every file stays a plain psql script. Phases: the file name, a line scan into
+header and raw steps, step validation, then the header's values.
 """
 
 from __future__ import annotations
@@ -145,10 +144,7 @@ def parse_routine(filename: str, text: str) -> Routine:
 
 def _scan(filename: str, text: str) -> _Scan:
     """Phase 1: read directives line by line into the header and raw steps."""
-    # A byte order mark (editors on Windows add one) would hide a first-line
-    # directive and reach the server as part of the first statement; psql
-    # skips it, and so does the runner. The checksum is of the file as it is.
-    text = text.removeprefix("\ufeff")
+    text = text.removeprefix("\ufeff")  # a BOM, as psql skips it (the checksum keeps it)
     scan = _Scan(steps=[_RawStep("main", 1)])
     for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
         directive = _DIRECTIVE_RE.match(line.rstrip("\r\n"))
