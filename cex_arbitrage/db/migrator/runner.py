@@ -159,7 +159,7 @@ class MigrationRunner:
         async with owned_connection(conn, self.db_config) as c:
             state = await read_state(c)
             progress = await read_progress(c) if state.has_history else []
-            held = await lock.holders(c) if state.has_history else {}
+            held = await lock.holders(c)
         return collect_status(
             catalog,
             state.history,
