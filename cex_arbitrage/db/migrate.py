@@ -25,6 +25,7 @@ from cex_arbitrage.db.cli_args import (
 )
 from cex_arbitrage.db.cli_args import (
     EMBEDDED_DIR_ENV,
+    EMBEDDED_ENV,
     MIGRATIONS_DIR_ENV,
     build_parser,
 )
@@ -264,6 +265,32 @@ def _with_options(exc: MigrationError, args: argparse.Namespace) -> str:
     return exc.message.replace(command, f"{command} {shlex.join(options)}")
 
 
+def _embedded_allowed(data_dir: Path) -> str:
+    """Why the embedded fallback may run; ConfigError when it may not.
+
+    With nothing configured, a person at a terminal trying the tool gets an
+    embedded server; a script (no terminal on stdin: CI, a deploy job, cron)
+    gets an error, unless it asks with CEX_EMBEDDED=1. Otherwise a deploy shell
+    that lost DATABASE_URL would migrate a throwaway database and exit 0.
+    """
+    choice = os.environ.get(EMBEDDED_ENV, "").strip()
+    if choice == "1":
+        return f"{EMBEDDED_ENV}=1"
+    if choice not in ("", "0"):
+        raise ConfigError(f"{EMBEDDED_ENV}={choice!r}: expected 1 (allow) or 0 (refuse)")
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+    if choice == "" and interactive:
+        return f"interactive run; {EMBEDDED_ENV}=0 turns this off"
+    reason = f"{EMBEDDED_ENV}=0" if choice == "0" else "this run is not interactive (no terminal)"
+    raise ConfigError(
+        "no database configured: no config file (--config, $CEX_CONFIG, ./config.yaml), "
+        f"no DATABASE_URL and no PG* variables, and {reason}, so no throwaway embedded "
+        "PostgreSQL is started in its place. Set DATABASE_URL (or PGHOST/PGDATABASE/..., "
+        f"or database: in config.yaml); or set {EMBEDDED_ENV}=1 to use the embedded "
+        f"PostgreSQL with data in {data_dir}"
+    )
+
+
 class _Terminated(Exception):
     """SIGTERM (docker stop, systemd) arrived: the run was cancelled as Ctrl-C cancels it."""
 
@@ -322,12 +349,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prep = _prepare(args)
         db = prep.config.database
         if not prep.config.database_configured:
+            data_dir = Path(os.environ.get(EMBEDDED_DIR_ENV, ".cex-pgdata")).resolve()
+            why = _embedded_allowed(data_dir)
             from cex_arbitrage.embedded import start_embedded
 
-            data_dir = Path(os.environ.get(EMBEDDED_DIR_ENV, ".cex-pgdata")).resolve()
             _err(
                 f"no database configured (no config.yaml, DATABASE_URL or PG* variables): "
-                f"using an embedded PostgreSQL with data in {data_dir}"
+                f"using an embedded PostgreSQL with data in {data_dir} ({why})"
             )
             server = start_embedded(data_dir)
             db = server.config
