@@ -63,6 +63,7 @@ class _RawStep:
     line: int
     flags: tuple[str, ...] = ()
     lines: list[str] = dataclasses.field(default_factory=list)
+    linenos: list[int] = dataclasses.field(default_factory=list)
     first_sql_line: int = 0
     session: set[int] = dataclasses.field(default_factory=set)
 
@@ -185,6 +186,7 @@ def _refuse_missing_colon(filename: str, line: str, lineno: int) -> None:
 
 def _add_line(step: _RawStep, line: str, lineno: int) -> None:
     step.lines.append(line)
+    step.linenos.append(lineno)
     stripped = line.strip()
     if not step.first_sql_line and stripped and not stripped.startswith("--"):
         step.first_sql_line = lineno
@@ -293,6 +295,7 @@ def _validated_steps(filename: str, scan: _Scan) -> list[Step]:
                 line=raw.line,
                 session_statements=frozenset(raw.session),
                 parallel="parallel" in raw.flags,
+                line_numbers=tuple(raw.linenos),
             )
         )
     if not steps:

@@ -67,9 +67,22 @@ class RunContext:
     def database(self) -> str:
         return self.db.display
 
+    # While a `parallel` statement runs: the notices already said. Every session
+    # runs the same text, so a final report would otherwise come once per session.
+    notices_once: set[str] | None = None
+
     def on_notice(self, _conn: object, message: asyncpg.PostgresLogMessage) -> None:
         severity = getattr(message, "severity", "NOTICE")
-        self.say(f"{self.database}: {self.current}: {severity}: {message.message}")
+        text = str(message.message)
+        if text.endswith(", skipping") and not self.verbose:
+            # IF [NOT] EXISTS found the object there (or not): expected on a re-run, and
+            # on a fresh database when an earlier migration made it; --verbose shows it.
+            return
+        if self.notices_once is not None:
+            if text in self.notices_once:
+                return
+            self.notices_once.add(text)
+        self.say(f"{self.database}: {self.current}: {severity}: {text}")
 
     async def prepare(self, conn: asyncpg.Connection | None = None) -> None:
         """Session settings for the whole run: timeouts, writeback, the application's values."""
