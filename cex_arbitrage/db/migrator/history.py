@@ -1,12 +1,18 @@
 """Read and write migration_history, the single truth of what is applied.
 
-The boot check reads just the columns planning needs in ONE round trip. A
-database before 000 has no history table, and a plain SELECT of it would fail
+A database before 000 has no history table, and a plain SELECT of it fails
 with an ERROR that lands in the operator's server log on every boot of a
-fresh database. So each read asks `to_regclass` first and runs the SELECT
-only when the table exists, in the same statement: `query_to_xml` runs a
-query given as text, so a missing table is never parsed. The rows come back
-as one JSON array inside the XML (docs/schema.md).
+fresh database. So no read ever names a table that may be missing:
+
+- The boot check (`read_history_lean`) stays ONE round trip: the statement
+  asks `to_regclass` and hands the SELECT to `ts_stat()` as text, a core
+  function that runs a query given as a string (so a missing table is never
+  parsed). The query returns each row as a JSON array inside a tsvector
+  (`array_to_tsvector`), and ts_stat gives the lexemes back as words. Core
+  only: `query_to_xml` would do the same but needs a server built with
+  libxml, which the embedded PostgreSQL is not.
+- The full reads (apply under the lock, status) first ask whether the table
+  exists: one more round trip, off the boot path.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import re
 from typing import Any
 
 import asyncpg
@@ -30,61 +35,30 @@ SELECT version, name, feature, checksum, state, applied_at, finished_at, executi
        background_ms, applied_by, applied_from, steps_done, statements_done,
        step_timings::text AS step_timings, last_error, failed_statement
 FROM migration_history
+ORDER BY version
 """
 
 # The boot check: only what planning needs, so the usual "nothing pending"
-# answer costs about one bare round trip (bench/bench_boot.py).
-_READ_LEAN = """
-SELECT version, state, checksum, steps_done, statements_done FROM migration_history
+# answer costs about one bare round trip (bench/bench_boot.py). Through ts_stat
+# (module docstring): whether the table exists, and one JSON array per row. A
+# lexeme holds at most 2047 bytes; a lean row is under 200.
+_BOOT_CHECK = """
+SELECT to_regclass('migration_history') IS NOT NULL AS present,
+       ARRAY(SELECT word FROM ts_stat(CASE WHEN to_regclass('migration_history') IS NULL
+           THEN 'SELECT NULL::tsvector'
+           ELSE 'SELECT array_to_tsvector(array_agg(json_build_array(version, state, '
+                'checksum, steps_done, statements_done)::text)) FROM migration_history'
+           END)) AS rows
 """
 
-# The rows of `$2` as a JSON array when the table `$1` exists; NULL when it does not.
-_IF_EXISTS = """
-SELECT CASE WHEN to_regclass($1) IS NOT NULL
-            THEN query_to_xml('SELECT json_agg(q)::text AS j FROM (' || $2 || ') q',
-                              false, false, '')::text END
-"""
-_JSON_IN_XML = re.compile(r"<j>(.*?)</j>", re.DOTALL)
-_XML_ESCAPES = (("&lt;", "<"), ("&gt;", ">"), ("&#x0d;", "\r"), ("&amp;", "&"))
 
-
-async def _rows_if_exists(
-    conn: asyncpg.Connection, table: str, query: str
-) -> list[dict[str, Any]] | None:
-    """The rows of `query` as dicts, or None when `table` does not exist; one round trip.
-
-    A server built without XML support cannot run query_to_xml: then the
-    query runs plainly (a missing table then costs an ERROR in the log).
-    """
-    try:
-        xml = await conn.fetchval(_IF_EXISTS, table, query)
-    except asyncpg.FeatureNotSupportedError:
-        try:
-            return [dict(r) for r in await conn.fetch(query)]
-        except asyncpg.UndefinedTableError:
-            return None
-    if xml is None:
-        return None
-    found = _JSON_IN_XML.search(xml)
-    if found is None:
-        return []  # the table is empty: json_agg is NULL, its element left out
-    text = found.group(1)
-    for escaped, plain in _XML_ESCAPES:
-        text = text.replace(escaped, plain)
-    rows: list[dict[str, Any]] = json.loads(text)
-    return rows
-
-
-def _timestamp(value: object) -> dt.datetime | None:
-    """A timestamptz as JSON gives it (ISO 8601 with offset), or a datetime already."""
-    if value is None or isinstance(value, dt.datetime):
-        return value
-    return dt.datetime.fromisoformat(str(value))
+async def _exists(conn: asyncpg.Connection, table: str) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table))
 
 
 _READ_PROGRESS = """
 SELECT version, task, position, rows_done, rows_total, done, detail::text AS detail, updated_at
-FROM migration_progress
+FROM migration_progress ORDER BY version, task
 """
 
 
@@ -147,55 +121,56 @@ class DatabaseState:
 
 
 async def read_state(conn: asyncpg.Connection) -> DatabaseState:
-    """All history rows; a database before 000 answers so in the same round trip."""
-    rows = await _rows_if_exists(conn, "migration_history", _READ_STATE)
-    if rows is None:
+    """All history rows; whether 000 has created the table, asked first (no failed SELECT)."""
+    if not await _exists(conn, "migration_history"):
         return DatabaseState(False, {})
+    rows = await conn.fetch(_READ_STATE)
     return DatabaseState(True, {r["version"]: _history_row(r) for r in rows})
 
 
 async def read_history_lean(conn: asyncpg.Connection) -> dict[str, HistoryRow]:
-    """The history with just the fields planning needs; empty before 000 ran."""
-    rows = await _rows_if_exists(conn, "migration_history", _READ_LEAN) or []
-    return {
-        r["version"]: HistoryRow(
-            version=r["version"],
+    """The history with just the fields planning needs; empty before 000 ran. One round trip."""
+    found = await conn.fetchrow(_BOOT_CHECK)
+    history: dict[str, HistoryRow] = {}
+    for word in found["rows"] if found["present"] else ():
+        version, state, checksum, steps_done, statements_done = json.loads(word)
+        history[version] = HistoryRow(
+            version=version,
             name="",
             feature=None,
-            checksum=r["checksum"],
-            state=_STATE[r["state"]],
+            checksum=checksum,
+            state=_STATE[state],
             applied_at=None,
             finished_at=None,
             execution_ms=None,
             background_ms=None,
             applied_by=None,
             applied_from=None,
-            steps_done=r["steps_done"],
-            statements_done=r["statements_done"],
+            steps_done=steps_done,
+            statements_done=statements_done,
             step_timings={},
             last_error=None,
             failed_statement=None,
         )
-        for r in rows
-    }
+    return history
 
 
-def _history_row(r: dict[str, Any]) -> HistoryRow:
+def _history_row(r: asyncpg.Record) -> HistoryRow:
     return HistoryRow(
         version=r["version"],
         name=r["name"],
         feature=r["feature"],
         checksum=r["checksum"],
         state=_STATE[r["state"]],
-        applied_at=_timestamp(r["applied_at"]),
-        finished_at=_timestamp(r["finished_at"]),
+        applied_at=r["applied_at"],
+        finished_at=r["finished_at"],
         execution_ms=r["execution_ms"],
         background_ms=r["background_ms"],
         applied_by=r["applied_by"],
         applied_from=r["applied_from"],
         steps_done=r["steps_done"],
         statements_done=r["statements_done"],
-        step_timings=_json_object(r["step_timings"]),
+        step_timings=json.loads(r["step_timings"] or "{}"),
         last_error=r["last_error"],
         failed_statement=r["failed_statement"],
     )
@@ -203,8 +178,9 @@ def _history_row(r: dict[str, Any]) -> HistoryRow:
 
 async def read_progress(conn: asyncpg.Connection) -> list[ProgressRow]:
     """Checkpoints of long background work (empty before 000 ran)."""
-    rows = await _rows_if_exists(conn, "migration_progress", _READ_PROGRESS) or []
-    rows.sort(key=lambda r: (r["version"], r["task"]))
+    if not await _exists(conn, "migration_progress"):
+        return []
+    rows = await conn.fetch(_READ_PROGRESS)
     return [
         ProgressRow(
             r["version"],
@@ -213,22 +189,11 @@ async def read_progress(conn: asyncpg.Connection) -> list[ProgressRow]:
             r["rows_done"],
             r["rows_total"],
             r["done"],
-            _json_object(r["detail"]),
-            _timestamp(r["updated_at"]) or dt.datetime.now(dt.timezone.utc),
+            json.loads(r["detail"] or "{}"),
+            r["updated_at"],
         )
         for r in rows
     ]
-
-
-def _json_object(value: object) -> dict[str, Any]:
-    """A jsonb column: text from a plain query, already a dict inside the JSON array."""
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        loaded: dict[str, Any] = json.loads(value or "{}")
-        return loaded
-    assert isinstance(value, dict)
-    return value
 
 
 def literal(value: str | int | None) -> str:
