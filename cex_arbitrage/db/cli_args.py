@@ -39,7 +39,8 @@ connection (each layer overrides only the fields it sets):
 
 _EPILOG = """exit codes: 0 ok, 1 migration failed, 2 usage/config, 3 cannot connect,
   4 refused (checksum/dependency/target/migration files), 5 lock timeout,
-  6 pending or drifted (status --exit-code), 7 pre-flight (privilege/server),
+  6 pending, drifted or background work nobody runs (status --exit-code),
+  7 pre-flight (privilege/server),
   8 interrupted."""
 
 # Options that mean something to some commands only. Elsewhere they were ignored
