@@ -22,6 +22,7 @@ import random
 from collections.abc import Callable
 
 from cex_arbitrage.db.migrator.connect import connect
+from cex_arbitrage.db.migrator.failures import is_connection_lost
 from cex_arbitrage.db.migrator.model import Catalog
 from cex_arbitrage.db.migrator.run import background_pass
 from cex_arbitrage.db.migrator.session import RunContext, applied_from
@@ -61,9 +62,23 @@ class BackgroundWork:
         ctx = RunContext(conn, self.config, self.settings, applied_from("engine"), self.say)
         try:
             while True:
-                outcome = await background_pass(
-                    ctx, self.catalog, wait_for_lock=False, quiet=self.watched
-                )
+                try:
+                    outcome = await background_pass(
+                        ctx, self.catalog, wait_for_lock=False, quiet=self.watched
+                    )
+                except Exception as exc:
+                    if not self.watched or not is_connection_lost(exc):
+                        raise
+                    # Lost while only watching (a server restart): nothing was running here.
+                    self.say(
+                        f"{self.config.display}: connection lost while watching the "
+                        f"background migration work ({type(exc).__name__}); reconnecting"
+                    )
+                    with contextlib.suppress(Exception):
+                        conn.terminate()
+                    wait = self.settings.boot_wait_timeout
+                    conn = ctx.conn = await connect(self.config, wait=wait, say=self.say)
+                    continue
                 if outcome.elsewhere is None:
                     self.finished = outcome.done
                     return

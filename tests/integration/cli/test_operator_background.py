@@ -270,6 +270,19 @@ async def test_a_surviving_engine_takes_over_background_work_whose_engine_was_ki
         assert status.returncode == 0, explain(status)
         assert f"005 background steps being run now by pid {a_pid}" in status.stdout
 
+        # A server-side end of the watcher's session (a restart, a DBA) does not end the watch.
+        await fetch(
+            db,
+            "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a "
+            "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
+            "AND a.application_name = 'cex_arbitrage' AND a.state = 'idle' "
+            "AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid "
+            "AND l.locktype = 'advisory')",
+        )
+        await until(
+            lambda: _said(logs[1], "connection lost while watching"), "engine B reconnects", 30
+        )
+
         kill(first)
         await until(lambda: _state_is(db, "005", "applied"), "engine B finishes the work", 60)
         b_said = await until(
