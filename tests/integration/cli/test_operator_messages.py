@@ -17,7 +17,9 @@ import pytest
 from cex_arbitrage.db.migrator.lock import BACKGROUND_LOCK
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.errors import ExitCode, MigrationFailedError
-from tests.integration.cli.test_operator_background import (
+from tests.support.cli import run_cli_process, write_migrations
+from tests.support.databases import fetch, has_table, pg_env
+from tests.support.processes import (
     engine,
     lock_holder,
     running_query,
@@ -27,8 +29,6 @@ from tests.integration.cli.test_operator_background import (
     state_of,
     until,
 )
-from tests.support.cli import run_cli_process, write_migrations
-from tests.support.databases import fetch, has_table, pg_env
 
 
 def explain(result: subprocess.CompletedProcess[str]) -> str:
