@@ -7,7 +7,7 @@ fresh database. So no read ever names a table that may be missing:
 - The boot check (`read_history_lean`) stays ONE round trip: the statement
   asks `to_regclass` and hands the SELECT to `ts_stat()` as text, a core
   function that runs a query given as a string (so a missing table is never
-  parsed). The query returns each row as a JSON array inside a tsvector
+  parsed). The query returns each row as one space-separated word in a tsvector
   (`array_to_tsvector`), and ts_stat gives the lexemes back as words. Core
   only: `query_to_xml` would do the same but needs a server built with
   libxml, which the embedded PostgreSQL is not.
@@ -40,15 +40,14 @@ ORDER BY version
 
 # The boot check: only what planning needs, so the usual "nothing pending"
 # answer costs about one bare round trip (bench/bench_boot.py). Through ts_stat
-# (module docstring): whether the table exists, and one JSON array per row. A
+# (module docstring): one word per row, no rows before 000 ran. A
 # lexeme holds at most 2047 bytes; a lean row is under 200.
 _BOOT_CHECK = """
-SELECT to_regclass('migration_history') IS NOT NULL AS present,
-       ARRAY(SELECT word FROM ts_stat(CASE WHEN to_regclass('migration_history') IS NULL
-           THEN 'SELECT NULL::tsvector'
-           ELSE 'SELECT array_to_tsvector(array_agg(json_build_array(version, state, '
-                'checksum, steps_done, statements_done)::text)) FROM migration_history'
-           END)) AS rows
+SELECT word FROM ts_stat(CASE WHEN to_regclass('migration_history') IS NULL
+    THEN 'SELECT NULL::tsvector'
+    ELSE 'SELECT array_to_tsvector(ARRAY[concat_ws('' '', version, state, '
+         'coalesce(checksum, ''-''), steps_done, statements_done)]) FROM migration_history'
+    END)
 """
 
 
@@ -130,15 +129,15 @@ async def read_state(conn: asyncpg.Connection) -> DatabaseState:
 
 async def read_history_lean(conn: asyncpg.Connection) -> dict[str, HistoryRow]:
     """The history with just the fields planning needs; empty before 000 ran. One round trip."""
-    found = await conn.fetchrow(_BOOT_CHECK)
     history: dict[str, HistoryRow] = {}
-    for word in found["rows"] if found["present"] else ():
-        version, state, checksum, steps_done, statements_done = json.loads(word)
+    for (word,) in await conn.fetch(_BOOT_CHECK):
+        # Versions (digits, R__snake_case), states and hex checksums hold no space.
+        version, state, checksum, steps_done, statements_done = word.split(" ")
         history[version] = HistoryRow(
             version=version,
             name="",
             feature=None,
-            checksum=checksum,
+            checksum=None if checksum == "-" else checksum,
             state=_STATE[state],
             applied_at=None,
             finished_at=None,
@@ -146,8 +145,8 @@ async def read_history_lean(conn: asyncpg.Connection) -> dict[str, HistoryRow]:
             background_ms=None,
             applied_by=None,
             applied_from=None,
-            steps_done=steps_done,
-            statements_done=statements_done,
+            steps_done=int(steps_done),
+            statements_done=int(statements_done),
             step_timings={},
             last_error=None,
             failed_statement=None,
