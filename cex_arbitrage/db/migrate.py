@@ -202,7 +202,10 @@ async def _run(args: argparse.Namespace, prep: _Prepared, db: DatabaseConfig) ->
         return 0
     if args.command == "background":
         done = await runner.run_background()
-        print(f"{db.display}: background steps finished for: {', '.join(done) or 'nothing'}")
+        if done:
+            print(f"{db.display}: background steps finished for: {', '.join(done)}")
+        else:
+            print(f"{db.display}: no background steps left to run")
         return 0
     if args.dry_run:
         plan = await runner.plan(prep.target)

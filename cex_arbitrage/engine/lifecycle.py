@@ -310,7 +310,11 @@ class Engine:
         work = self.schema.background if self.schema is not None else None
         if work is None:
             return
-        log.info("background migration work running on %s", self.database)
+        log.info(
+            "background migration work pending on %s: running it here, or watching the "
+            "runner that has it",
+            self.database,
+        )
         try:
             await work.wait()
         except asyncio.CancelledError:

@@ -171,6 +171,11 @@ async def test_status_flags_background_work_whose_runner_was_killed(
     finish = run_cli_process(["--migrations-dir", str(d), "background"], env, tmp_path)
     assert finish.returncode == 0, explain(finish)
     assert "resume where they stopped" in finish.stderr
+    assert "background steps finished for: 001" in finish.stdout
+    again = run_cli_process(["--migrations-dir", str(d), "background"], env, tmp_path)
+    assert again.returncode == 0 and "no background steps left to run" in again.stdout, explain(
+        again
+    )
     assert await state_of(db, "001") == "applied"
     assert sorted(r["n"] for r in await fetch(db, "SELECT DISTINCT n FROM marks")) == [1, 2, 3]
     status = run_cli_process(["--migrations-dir", str(d), "status", "--exit-code"], env, tmp_path)
