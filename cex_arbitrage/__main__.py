@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from decimal import Decimal
@@ -19,6 +20,7 @@ import asyncpg
 
 from cex_arbitrage.collectors import WriteError
 from cex_arbitrage.config import AppConfig, load_config
+from cex_arbitrage.db.migrator.source import DirectorySource, MigrationSource
 from cex_arbitrage.engine import TRADES, Engine, EngineSources, fetch_ohlcv
 from cex_arbitrage.errors import ExitCode, MigrationError
 
@@ -105,9 +107,15 @@ def _replay_path(value: str) -> Path:
     return Path(value)
 
 
+def _migration_source() -> MigrationSource | None:
+    """$CEX_MIGRATIONS_DIR, as the migrate CLI reads it; else the package's migrations."""
+    directory = os.environ.get("CEX_MIGRATIONS_DIR", "").strip()
+    return DirectorySource(Path(directory)) if directory else None
+
+
 async def _run(config: AppConfig, replay: Path | None, *, follow: bool, rows: int) -> int:
     sources = EngineSources.replay(replay, follow=follow) if replay else EngineSources()
-    engine = Engine(config, sources)
+    engine = Engine(config, sources, migration_source=_migration_source())
     await engine.run()
     if replay is None:
         return 0

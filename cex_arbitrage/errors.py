@@ -238,6 +238,8 @@ class MigrationFailedError(MigrationError):
         statement: str | None = None,
         sqlstate: str | None = None,
         rolled_back: bool,
+        filename: str | None = None,
+        line: int | None = None,
     ) -> None:
         super().__init__(message)
         self.version = version
@@ -246,6 +248,9 @@ class MigrationFailedError(MigrationError):
         self.statement = statement
         self.sqlstate = sqlstate
         self.rolled_back = rolled_back
+        # Where in the file the server's error position points (when it gives one).
+        self.filename = filename
+        self.line = line
 
 
 class ConnectionLostError(MigrationError):

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import cast
 
 from cex_arbitrage.config.connection import (
+    _PG_VARS,
     _env_fields,
     _file_database_fields,
     _url_fields,
@@ -30,6 +31,8 @@ from cex_arbitrage.config.yaml_file import _locate, _read_yaml, _sections, _subs
 from cex_arbitrage.db.structs import DEFAULT_FEATURES, DatabaseConfig
 from cex_arbitrage.errors import ConfigError
 
+_PG_VAR_OF = {field: var for var, field in _PG_VARS.items()}
+
 # Variables whose presence means "the operator told us where the database is".
 _LOCATION_VARS = ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD")
 
@@ -46,6 +49,32 @@ def _origins(located: tuple[Path, str] | None, url: bool, pg_used: bool) -> str:
     if pg_used:
         origins.append("PG* environment")
     return " + ".join(origins) if origins else "defaults"
+
+
+def _database(
+    env: Mapping[str, str],
+    sections: Mapping[str, Mapping[str, object]],
+    located: tuple[Path, str] | None,
+    prefix: str,
+) -> tuple[DatabaseConfig, list[str]]:
+    """The connection, layered (PG* < DATABASE_URL < the file), with where each field came
+    from; and the PG* variables used."""
+    pg_fields, pg_used = _env_fields(env)
+    fields = dict(pg_fields)
+    origins = {field: _PG_VAR_OF.get(field, "PG* environment") for field in pg_fields}
+    url = env.get("DATABASE_URL", "")
+    if url:
+        url_fields = _url_fields(url, "environment variable DATABASE_URL")
+        fields.update(url_fields)
+        origins.update(dict.fromkeys(url_fields, "DATABASE_URL"))
+    file_fields = _file_database_fields(sections.get("database", {}), f"{prefix}database")
+    fields.update(file_fields)
+    if located is not None:
+        origins.update({f: f"database.{f} in {located[1]}" for f in file_fields})
+    database = dataclasses.replace(
+        DatabaseConfig(), **fields, origins=tuple(sorted(origins.items()))
+    )
+    return database, pg_used
 
 
 def load_config(
@@ -73,13 +102,8 @@ def load_config(
         sections = _sections(cast(dict[str, object], _substituted(raw, env, label, [])), label)
     prefix = f"{located[1]}: " if located is not None else ""
 
-    pg_fields, pg_used = _env_fields(env)
-    fields = dict(pg_fields)
+    database, pg_used = _database(env, sections, located, prefix)
     url = env.get("DATABASE_URL", "")
-    if url:
-        fields.update(_url_fields(url, "environment variable DATABASE_URL"))
-    fields.update(_file_database_fields(sections.get("database", {}), f"{prefix}database"))
-    database = dataclasses.replace(DatabaseConfig(), **fields)
     if database.pool_min_size > database.pool_max_size:
         raise ConfigError(
             f"{prefix}database: pool_min_size ({database.pool_min_size}) is larger than "

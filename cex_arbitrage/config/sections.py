@@ -35,6 +35,7 @@ _MIGRATION_KEYS: dict[str, _Convert] = {
     "backfill_sleep_ms": _integer(0),
     "parallel_sessions": _integer(1),
     "run_background": _boolean,
+    "background_retry_interval": _seconds(positive=True),
 }
 
 _COLLECTOR_KEYS: dict[str, _Convert] = {

@@ -31,6 +31,9 @@ class MigrationSettings:
     # chunks out among them); 1 runs it on the runner's connection only.
     parallel_sessions: int = 2
     run_background: bool = True
+    # Seconds between an engine's attempts to take over background work whose
+    # runner may have stopped (only while that work is unfinished).
+    background_retry_interval: float = 30.0
 
     def session_settings(self) -> dict[str, str]:
         """The `cex.*` settings the migration SQL reads (docs/migration-files.md)."""
@@ -55,6 +58,7 @@ class MigrationSettings:
             progress_interval=self.progress_interval,
             parallel_sessions=self.parallel_sessions,
             run_background=self.run_background,
+            background_retry_interval=self.background_retry_interval,
         )
 
 

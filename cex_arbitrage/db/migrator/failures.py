@@ -34,6 +34,45 @@ def is_connection_lost(exc: BaseException) -> bool:
     return sqlstate in _CONNECTION_SQLSTATES or sqlstate.startswith("08")
 
 
+def file_line(m: Migration, sent: str | None, exc: BaseException) -> int | None:
+    """The file line the server's error position points at, in the text `sent`.
+
+    The position counts characters of what was sent (1-based): a step's SQL
+    wrapped in BEGIN/record/COMMIT, the foreground steps joined into one
+    transaction, or one statement of a `transaction:false` step. The step
+    whose SQL holds that character maps it back through its line numbers.
+    """
+    position = getattr(exc, "position", None)
+    if not sent or not position or not str(position).isdigit():
+        return None
+    index, cursor = int(position) - 1, 0
+    for step in m.steps:  # whole steps inside the message, in order
+        start = sent.find(step.sql, cursor)
+        if start < 0:
+            continue
+        if start <= index < start + len(step.sql):
+            return step.file_line(index - start)
+        cursor = start + len(step.sql)
+    body, lead = sent.strip(), len(sent) - len(sent.lstrip())
+    for step in m.steps:  # one statement of a step
+        inner = step.sql.find(body) if body else -1
+        if inner >= 0:
+            return step.file_line(inner + index - lead)
+    return None
+
+
+def _detail(exc: BaseException, at: str | None) -> str:
+    """The server's error, where in the file it points, its SQLSTATE and hint."""
+    detail = f"{type(exc).__name__}: {exc}" + (f" ({at})" if at else "")
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate:
+        detail += f" (SQLSTATE {sqlstate})"
+    hint = getattr(exc, "hint", None)
+    if hint:
+        detail += f"; hint: {hint}"
+    return detail
+
+
 def wrap(
     ctx: RunContext,
     exc: BaseException,
@@ -43,13 +82,13 @@ def wrap(
     background: bool = False,
     statement: str | None = None,
     statement_index: int | None = None,
+    sent: str | None = None,
 ) -> MigrationError:
     """The operator's error for `exc`, raised while running `m` (at `step`, `statement`)."""
     if isinstance(exc, MigrationError):
         return exc
-    where = f"{ctx.database}: {m.label}"
-    if step is not None:
-        where += f": step {step.name}"
+    line = file_line(m, sent or statement, exc)
+    where = f"{ctx.database}: {m.label}" + (f": step {step.name}" if step is not None else "")
     step_name = step.name if step is not None else None
     if is_connection_lost(exc):
         return ConnectionLostError(
@@ -61,12 +100,7 @@ def wrap(
             step=step_name,
         )
     sqlstate = getattr(exc, "sqlstate", None)
-    detail = f"{type(exc).__name__}: {exc}"
-    if sqlstate:
-        detail += f" (SQLSTATE {sqlstate})"
-    hint = getattr(exc, "hint", None)
-    if hint:
-        detail += f"; hint: {hint}"
+    detail = _detail(exc, f"{m.filename}:{line}" if line is not None else None)
     if statement is not None:
         first = " ".join(statement.split())[:300]
         return MigrationFailedError(
@@ -80,6 +114,8 @@ def wrap(
             statement=statement,
             sqlstate=sqlstate,
             rolled_back=False,
+            filename=m.filename if line is not None else None,
+            line=line,
         )
     return MigrationFailedError(
         f"{where} failed and was rolled back: {detail}\n"
@@ -89,6 +125,8 @@ def wrap(
         step=step_name,
         sqlstate=sqlstate,
         rolled_back=True,
+        filename=m.filename if line is not None else None,
+        line=line,
     )
 
 
@@ -124,7 +162,13 @@ async def record_failure(
 
 
 async def rollback(ctx: RunContext, m: Migration) -> None:
-    """End the failed transaction of a one-message step (a lost session needs nothing)."""
+    """End the failed transaction of a one-message step (a lost session needs nothing).
+
+    A message the server refused whole (a syntax error is found before its
+    BEGIN runs) left no transaction: a ROLLBACK then would only warn.
+    """
+    if not ctx.conn.is_in_transaction():
+        return
     try:
         await ctx.conn.execute("ROLLBACK")
     except Exception as exc:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,15 +26,59 @@ LOCK_NAMESPACE = 0x63657861  # 'ceXa'
 MIGRATE_LOCK = 1  # applying migrations (foreground)
 BACKGROUND_LOCK = 2  # running background steps
 
-_HOLDER = """
-SELECT a.pid, a.usename, a.application_name, a.client_addr::text AS client_addr,
-       now() - a.backend_start AS connected_for
+# Who holds each of the runner's locks in this database (objid = purpose).
+_HOLDERS = """
+SELECT l.objid::int AS purpose, a.pid, a.usename, a.application_name,
+       a.client_addr::text AS client_addr, a.backend_start
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::int::oid
-  AND l.objid = $2::int::oid AND l.objsubid = 2 AND l.database = (
+  AND l.objsubid = 2 AND l.database = (
       SELECT oid FROM pg_database WHERE datname = current_database())
-LIMIT 1
 """
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """The session holding one of the runner's locks, as pg_stat_activity shows it.
+
+    A session-level advisory lock lives exactly as long as its session, so a
+    holder listed here is a live backend; a runner that died has none.
+    """
+
+    pid: int
+    user: str
+    application: str
+    client: str | None
+    since: dt.datetime  # the session's start (the runner connects, then locks)
+
+    def describe(self) -> str:
+        parts = [f"user {self.user}"]
+        if self.application:
+            parts.append(f"application {self.application!r}")
+        if self.client:
+            parts.append(f"from {self.client}")
+        parts.append(f"since {self.since.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%SZ}")
+        return f"pid {self.pid} ({', '.join(parts)})"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "user": self.user,
+            "application": self.application,
+            "client": self.client,
+            "since": self.since.isoformat(),
+        }
+
+
+async def holders(conn: asyncpg.Connection) -> dict[int, Holder]:
+    """The live holders of the runner's locks, by purpose (MIGRATE_LOCK, BACKGROUND_LOCK)."""
+    rows = await conn.fetch(_HOLDERS, LOCK_NAMESPACE)
+    return {
+        r["purpose"]: Holder(
+            r["pid"], r["usename"], r["application_name"], r["client_addr"], r["backend_start"]
+        )
+        for r in rows
+    }
 
 
 async def try_lock(conn: asyncpg.Connection, purpose: int) -> bool:
@@ -54,12 +100,10 @@ async def unlock(conn: asyncpg.Connection, purpose: int) -> None:
 
 async def describe_holder(conn: asyncpg.Connection, purpose: int) -> str:
     """Who holds the lock, for the waiting message: pid, user, application, client."""
-    row = await conn.fetchrow(_HOLDER, LOCK_NAMESPACE, purpose)
-    if row is None:
+    holder = (await holders(conn)).get(purpose)
+    if holder is None:
         return "another session (it just released it)"
-    app = f" application {row['application_name']!r}" if row["application_name"] else ""
-    client = f" from {row['client_addr']}" if row["client_addr"] else ""
-    return f"pid {row['pid']} (user {row['usename']}{app}{client})"
+    return holder.describe()
 
 
 async def acquire(

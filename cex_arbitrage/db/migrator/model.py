@@ -33,10 +33,18 @@ class Step:
     # `parallel`: each statement shares its work out itself (claims with
     # FOR UPDATE SKIP LOCKED), so the runner may run it on several sessions.
     parallel: bool = False
+    # The file's line number of each line of `sql` (directive lines are not in it),
+    # so a server error position maps back to file:line.
+    line_numbers: tuple[int, ...] = dataclasses.field(default=(), compare=False)
 
     @property
     def statements(self) -> list[str]:
         return split_statements(self.sql)
+
+    def file_line(self, offset: int) -> int | None:
+        """The file line of character `offset` of `sql`."""
+        index = self.sql.count("\n", 0, max(0, offset))
+        return self.line_numbers[index] if index < len(self.line_numbers) else None
 
 
 @dataclasses.dataclass(frozen=True)

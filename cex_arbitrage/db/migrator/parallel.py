@@ -58,6 +58,7 @@ async def parallel_statement(
             )
             for conn in extra
         ]
+        ctx.notices_once = set()
         try:
             await asyncio.gather(*tasks)
         except BaseException as exc:
@@ -74,6 +75,8 @@ async def parallel_statement(
                     ctx, m, cause, step, background=background, statement=statement
                 )
             raise
+        finally:
+            ctx.notices_once = None
 
 
 @contextlib.asynccontextmanager

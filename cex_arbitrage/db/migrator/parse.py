@@ -294,6 +294,7 @@ def _validated_steps(filename: str, scan: _Scan) -> list[Step]:
                 line=raw.line,
                 session_statements=frozenset(raw.session),
                 parallel="parallel" in raw.flags,
+                line_numbers=tuple(raw.line_numbers),
             )
         )
     if not steps:
@@ -365,8 +366,7 @@ def _refuse_meta_command(filename: str, body: str, line: int) -> None:
     """A psql meta-command (`\\set`) is not SQL: the server would refuse it mid-run."""
     raise MigrationFileError(
         f"{filename}:{line}: {body.split(None, 1)[0]} is a psql meta-command, which the runner "
-        "cannot run (it sends SQL to the server); remove it, or move it below "
-        "`-- migrate:psql-only`, which only psql reads",
+        "cannot run; remove it, or move it below `-- migrate:psql-only`, which only psql reads",
         filename=filename,
         line=line,
     )

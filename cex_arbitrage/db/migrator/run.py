@@ -65,6 +65,16 @@ async def apply_plan(ctx: RunContext, catalog: Catalog, target: str | None) -> R
         return result
 
 
+@dataclasses.dataclass
+class BackgroundOutcome:
+    """What one pass over the background work found and did."""
+
+    done: list[str] = dataclasses.field(default_factory=list)  # finished by this pass
+    remaining: list[str] = dataclasses.field(default_factory=list)  # still unfinished after it
+    # Another runner holds the background lock (nothing ran here): who, and how far.
+    elsewhere: str | None = None
+
+
 async def run_background_steps(
     ctx: RunContext,
     catalog: Catalog,
@@ -74,26 +84,38 @@ async def run_background_steps(
 ) -> list[str]:
     """Run every unfinished background step, in version order; return versions finished.
 
-    Exclusive through a second advisory lock: one runner does the backfill;
-    with `wait_for_lock` false (engines, the CLI's default), another holder
-    means the work is in hand and this returns at once, appending who holds
-    it and how far it got to `elsewhere`.
+    With `wait_for_lock` false, another holder means the work is in hand and this
+    returns at once, appending who holds it and how far it got to `elsewhere`.
+    """
+    outcome = await background_pass(ctx, catalog, wait_for_lock=wait_for_lock)
+    if outcome.elsewhere is not None and elsewhere is not None:
+        elsewhere.append(outcome.elsewhere)
+    return outcome.done
+
+
+async def background_pass(
+    ctx: RunContext, catalog: Catalog, *, wait_for_lock: bool, quiet: bool = False
+) -> BackgroundOutcome:
+    """Under the background lock, run what is unfinished; say what is left and who runs it.
+
+    Exclusive through a second advisory lock: one runner does the backfill.
+    What is unfinished is read again under the lock: another runner may have
+    finished it meanwhile, which is then neither run again nor reported pending.
     """
     purpose = lock.BACKGROUND_LOCK
     if wait_for_lock:
         await lock.acquire(ctx.conn, purpose, ctx.settings.lock_wait_timeout, ctx.database, ctx.say)
     elif not await lock.try_lock(ctx.conn, purpose):
         holder = await describe_background_work(ctx)
-        ctx.say(f"{ctx.database}: background migration work is being run by {holder}")
-        if elsewhere is not None:
-            elsewhere.append(holder)
-        return []
+        if not quiet:
+            ctx.say(f"{ctx.database}: background migration work is being run by {holder}")
+        return BackgroundOutcome(elsewhere=holder)
     try:
         state = await read_state(ctx.conn)
         plan = make_plan(catalog, state.history, ctx.settings.features, ctx.database)
         if plan.routines:  # the background steps call them: bring them up to date first
             await _apply_routines_locked(ctx, catalog)
-        done: list[str] = []
+        outcome = BackgroundOutcome()
         checkpoints = (
             {p.version for p in await read_progress(ctx.conn)} if plan.background else set()
         )
@@ -104,12 +126,13 @@ async def run_background_steps(
                 if row is None or row.state is not MigrationState.BACKGROUND:
                     # Foreground not applied (pending, failed, above a target): the plan
                     # lists its background steps for after it; apply runs it first.
+                    outcome.remaining.append(pm.migration.version)
                     continue
                 await _run_background(ctx, pm, pm.migration.version in checkpoints)
-                done.append(pm.migration.version)
+                outcome.done.append(pm.migration.version)
         finally:
             ctx.release()
-        return done
+        return outcome
     finally:
         await lock.unlock(ctx.conn, purpose)
 

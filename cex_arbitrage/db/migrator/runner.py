@@ -14,12 +14,18 @@ from collections.abc import Callable
 
 import asyncpg
 
+from cex_arbitrage.db.migrator import lock
 from cex_arbitrage.db.migrator.catalog import cached_catalog
 from cex_arbitrage.db.migrator.connect import owned_connection
 from cex_arbitrage.db.migrator.history import read_history_lean, read_progress, read_state
 from cex_arbitrage.db.migrator.model import Catalog, Migration
 from cex_arbitrage.db.migrator.plan import Plan, check_checksums, make_plan, versioned
-from cex_arbitrage.db.migrator.run import RunResult, apply_plan, run_background_steps
+from cex_arbitrage.db.migrator.run import (
+    RunResult,
+    apply_plan,
+    background_pass,
+    run_background_steps,
+)
 from cex_arbitrage.db.migrator.session import RunContext, applied_from
 from cex_arbitrage.db.migrator.settings import RunnerSettings
 from cex_arbitrage.db.migrator.source import MigrationSource
@@ -118,13 +124,12 @@ class MigrationRunner:
                 self.say(f"{database}: nothing to apply; the schema is current")
             if background and result.background_pending:
                 # Applied migrations' old-row work; a target does not limit it.
-                elsewhere: list[str] = []
-                done = await run_background_steps(
-                    ctx, catalog, wait_for_lock=wait_background, elsewhere=elsewhere
-                )
-                result.background_elsewhere = elsewhere[0] if elsewhere else None
-                result.background_done = done
-                result.background_pending = [v for v in result.background_pending if v not in done]
+                outcome = await background_pass(ctx, catalog, wait_for_lock=wait_background)
+                result.background_elsewhere = outcome.elsewhere
+                result.background_done = outcome.done
+                if outcome.elsewhere is None:  # read under the lock: what is really left
+                    left = set(outcome.remaining)
+                    result.background_pending = [v for v in result.background_pending if v in left]
             return result
 
     async def run_migrations(
@@ -158,7 +163,14 @@ class MigrationRunner:
         async with owned_connection(conn, self.db_config) as c:
             state = await read_state(c)
             progress = await read_progress(c) if state.has_history else []
-        return collect_status(catalog, state.history, progress, self.settings.features)
+            held = await lock.holders(c)
+        return collect_status(
+            catalog,
+            state.history,
+            progress,
+            self.settings.features,
+            locks=(held.get(lock.MIGRATE_LOCK), held.get(lock.BACKGROUND_LOCK)),
+        )
 
     async def accept_checksum(self, version: str) -> str:
         """Record the current file's checksum for an applied migration (deliberate edit).

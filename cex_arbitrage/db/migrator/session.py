@@ -24,6 +24,23 @@ def applied_from(program: str) -> str:
     return f"{program} on {socket.gethostname()} pid {os.getpid()}"
 
 
+def _liveness(conn: asyncpg.Connection) -> dict[str, str]:
+    """Settings that end the session soon after its client is gone.
+
+    The runner's advisory locks are session-level: they die with the session,
+    which is how other runners (and `status`) learn that a runner stopped. A
+    backend busy in a long statement notices a killed client only when it next
+    talks to it; with client_connection_check_interval (PostgreSQL 14+) it
+    checks every few seconds and ends. TCP keepalives bound how long a client
+    whose host vanished (no FIN) keeps the lock: about idle + interval x count.
+    """
+    values = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10"}
+    values["tcp_keepalives_count"] = "3"
+    if conn.get_server_version().major >= 14:
+        values["client_connection_check_interval"] = "5s"
+    return values
+
+
 @dataclasses.dataclass
 class Activity:
     """What the executor is doing right now, for progress lines while it works."""
@@ -50,9 +67,22 @@ class RunContext:
     def database(self) -> str:
         return self.db.display
 
+    # While a `parallel` statement runs: the notices already said. Every session
+    # runs the same text, so a final report would otherwise come once per session.
+    notices_once: set[str] | None = None
+
     def on_notice(self, _conn: object, message: asyncpg.PostgresLogMessage) -> None:
         severity = getattr(message, "severity", "NOTICE")
-        self.say(f"{self.database}: {self.current}: {severity}: {message.message}")
+        text = str(message.message)
+        if text.endswith(", skipping") and not self.verbose:
+            # IF [NOT] EXISTS found the object there (or not): expected on a re-run, and
+            # on a fresh database when an earlier migration made it; --verbose shows it.
+            return
+        if self.notices_once is not None:
+            if text in self.notices_once:
+                return
+            self.notices_once.add(text)
+        self.say(f"{self.database}: {self.current}: {severity}: {text}")
 
     async def prepare(self, conn: asyncpg.Connection | None = None) -> None:
         """Session settings for the whole run: timeouts, writeback, the application's values."""
@@ -66,6 +96,7 @@ class RunContext:
             "backend_flush_after": "256kB",
             "lock_timeout": f"{int(self.db.lock_timeout_ms)}ms",
             "statement_timeout": f"{int(self.db.statement_timeout_ms)}ms",
+            **_liveness(conn),
             **self.settings.session_settings,
         }
         names = list(values)

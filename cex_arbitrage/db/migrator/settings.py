@@ -37,6 +37,9 @@ class RunnerSettings:
     progress_interval: float = 10.0  # a progress line this often while migrating
     parallel_sessions: int = 2  # sessions a `parallel` step runs on at once
     run_background: bool = True  # boot: start background steps in a supervised task
+    # An engine that found another runner on the background work tries to take it
+    # over this often (one try-lock round trip), until the work is finished.
+    background_retry_interval: float = 30.0
     long_transaction_seconds: float = 30.0  # pre-flight names transactions older than this
 
     def __post_init__(self) -> None:

@@ -59,7 +59,7 @@ async def transaction_with_retry(
             if not is_connection_lost(exc):
                 await rollback(ctx, m)
                 await record_failure(ctx, m, exc, step, background=background)
-            raise wrap(ctx, exc, m, step, background=background) from exc
+            raise wrap(ctx, exc, m, step, background=background, sent=message) from exc
 
 
 async def statement_with_retry(

@@ -6,11 +6,20 @@ import dataclasses
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cex_arbitrage.db.migrator.history import HistoryRow, ProgressRow
 from cex_arbitrage.db.migrator.model import Catalog, Migration, Routine
 from cex_arbitrage.db.migrator.states import MigrationState
+
+if TYPE_CHECKING:
+    from cex_arbitrage.db.migrator.lock import Holder
+
+# What is happening to a migration now, from the runner's locks (who holds them).
+APPLYING = "applying"  # a live runner holds the migration lock and is on this one
+INTERRUPTED = "interrupted"  # started, and no runner holds the lock: run again to resume
+BACKGROUND_RUNNING = "background running"  # a live runner holds the background lock
+BACKGROUND_ORPHANED = "background orphaned"  # background work unfinished, nobody on it
 
 _ATTENTION = (
     MigrationState.PENDING,
@@ -36,14 +45,22 @@ class MigrationStatus:
     progress: str | None
     error: str | None
     step_timings: Mapping[str, int]
+    activity: str | None = None  # APPLYING, INTERRUPTED, BACKGROUND_RUNNING/ORPHANED
+    runner: Holder | None = None  # the live session doing it (APPLYING, BACKGROUND_RUNNING)
 
     @property
     def needs_attention(self) -> bool:
-        """Pending, failed, interrupted, drifted or unknown: what `status --exit-code` flags."""
-        return self.state in _ATTENTION or self.checksum_ok is False
+        """Pending, failed, interrupted, drifted, unknown, or background work nobody runs:
+        what `status --exit-code` flags."""
+        return (
+            self.state in _ATTENTION
+            or self.checksum_ok is False
+            or self.activity == BACKGROUND_ORPHANED
+        )
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        data["runner"] = self.runner.to_json() if self.runner is not None else None
         data["state"] = self.state.value
         data["applied_at"] = self.applied_at.isoformat() if self.applied_at else None
         data["step_timings"] = dict(self.step_timings)
@@ -55,16 +72,48 @@ def collect_status(
     history: Mapping[str, HistoryRow],
     progress: Sequence[ProgressRow],
     features: Mapping[str, bool],
+    *,
+    locks: tuple[Holder | None, Holder | None] | None = None,
 ) -> list[MigrationStatus]:
-    """Versioned migrations in version order (files and history rows), then routines."""
+    """Versioned migrations in version order (files and history rows), then routines.
+
+    `locks`: the live holders of the runner's migration and background locks
+    (None: not looked up), which tell work in progress from work interrupted.
+    """
     by_version = catalog.by_version()
     versions = {v for v, row in history.items() if not row.is_routine} | set(by_version)
     rows = [
         _versioned_status(by_version.get(v), history.get(v), progress, features)
         for v in sorted(versions, key=lambda v: (int(v), v))
     ]
+    if locks is not None:
+        rows = with_activity(rows, *locks)
     rows.extend(_routine_status(r, history.get(r.key), features) for r in catalog.routines)
     return rows
+
+
+def with_activity(
+    rows: Sequence[MigrationStatus], applying: Holder | None, background: Holder | None
+) -> list[MigrationStatus]:
+    """Mark what is happening now: the runner applies migrations in version order,
+    so while it holds the migration lock the first one not applied is in its hands
+    (a single-transaction migration has no history row until it commits)."""
+    unfinished = (MigrationState.RUNNING, MigrationState.FAILED, MigrationState.PENDING)
+    in_hand = next((r.version for r in rows if r.state in unfinished), None)
+    marked: list[MigrationStatus] = []
+    for r in rows:
+        if applying is not None and r.version == in_hand:
+            r = dataclasses.replace(
+                r, state=MigrationState.RUNNING, activity=APPLYING, runner=applying
+            )
+        elif r.state is MigrationState.RUNNING:
+            r = dataclasses.replace(r, activity=INTERRUPTED)
+        elif r.state is MigrationState.BACKGROUND and background is not None:
+            r = dataclasses.replace(r, activity=BACKGROUND_RUNNING, runner=background)
+        elif r.state is MigrationState.BACKGROUND:
+            r = dataclasses.replace(r, activity=BACKGROUND_ORPHANED)
+        marked.append(r)
+    return marked
 
 
 def _versioned_status(
@@ -152,6 +201,9 @@ def format_table(rows: Sequence[MigrationStatus], *, verbose: bool = False) -> s
         table.append(
             (r.version, r.name, r.feature or "core", r.state.value, applied, duration, checksum)
         )
+        note = _activity_note(r)
+        if note:
+            notes.append(f"  {r.version} {note}")
         if r.progress and (r.state is not MigrationState.APPLIED or verbose):
             notes.append(f"  {r.version} progress: {r.progress}")
         if r.error and r.state is not MigrationState.APPLIED:
@@ -164,6 +216,19 @@ def format_table(rows: Sequence[MigrationStatus], *, verbose: bool = False) -> s
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in table
     ]
     return "\n".join(lines + notes)
+
+
+def _activity_note(r: MigrationStatus) -> str | None:
+    runner = r.runner.describe() if r.runner is not None else "?"
+    return {
+        APPLYING: f"being applied now by {runner}",
+        INTERRUPTED: "interrupted: no runner holds the migration lock; run again to resume",
+        BACKGROUND_RUNNING: f"background steps being run now by {runner}",
+        BACKGROUND_ORPHANED: (
+            "background steps unfinished and nobody is running them: run the migrate "
+            "command's `background`, or start an engine (it takes the work over)"
+        ),
+    }.get(r.activity or "")
 
 
 def to_json(rows: Sequence[MigrationStatus], extra: Mapping[str, Any] | None = None) -> str:
