@@ -104,6 +104,8 @@ EXIT_CODES = {
     errors.AbandonedAttemptError: 4,
     errors.ChecksumMismatchError: 4,
     errors.NotAppliedError: 4,
+    errors.IrreversibleMigrationError: 4,
+    errors.DataLossRefusedError: 4,
     errors.LockTimeoutError: 5,
     errors.MigrationLockTimeoutError: 5,
     errors.TableLockTimeoutError: 5,

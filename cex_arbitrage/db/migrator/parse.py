@@ -31,7 +31,8 @@ _DIRECTIVE_LIKE_RE = re.compile(r"^\s*--\s*migrate\s*:", re.IGNORECASE)
 # The same for a directive without its colon (`-- migrate step x`): only a directive word
 # right after `-- migrate ` counts, so `-- migrate the data` or `-- migrated rows` stay comments.
 _DIRECTIVE_NO_COLON_RE = re.compile(
-    r"^\s*--\s*migrate\s+(?P<key>feature|depends|description|replaces|step|session|psql-only)"
+    r"^\s*--\s*migrate\s+(?P<key>feature|depends|description|replaces|irreversible|step|session"
+    r"|psql-only)"
     r"(?![\w-])",
     re.IGNORECASE,
 )
@@ -48,7 +49,8 @@ _TRANSACTION_CONTROL_RE = re.compile(
     r"(?!\s+(?:TO|PREPARED)\b)",
     re.IGNORECASE,
 )
-_HEADER_KEYS = ("feature", "depends", "description", "replaces")
+_HEADER_KEYS = ("feature", "depends", "description", "replaces", "irreversible")
+_MIGRATION_KEYS = ("feature", "depends", "description", "replaces")
 _REPEATABLE_KEYS = ("replaces",)
 _ROUTINE_KEYS = ("feature", "description")
 _STEP_FLAGS = ("transaction:false", "background", "parallel")
@@ -100,7 +102,7 @@ def parse_migration(filename: str, text: str) -> Migration:
     version, name = match["version"], match["name"]
     scan = _scan(filename, text)
     steps = _validated_steps(filename, scan)
-    header = _header_values(filename, scan, _HEADER_KEYS)
+    header = _header_values(filename, scan, _MIGRATION_KEYS)
     return Migration(
         version=version,
         name=name,

@@ -16,6 +16,8 @@ import asyncpg
 
 from cex_arbitrage.db.migrator.catalog import cached_catalog
 from cex_arbitrage.db.migrator.connect import owned_connection
+from cex_arbitrage.db.migrator.down import DownResult, run_down
+from cex_arbitrage.db.migrator.fingerprint import Drift, read_drift
 from cex_arbitrage.db.migrator.history import read_history_lean, read_progress, read_state
 from cex_arbitrage.db.migrator.model import Catalog, Migration
 from cex_arbitrage.db.migrator.plan import Plan, check_checksums, make_plan, versioned
@@ -155,6 +157,31 @@ class MigrationRunner:
             state = await read_state(c)
             progress = await read_progress(c) if state.has_history else []
         return collect_status(catalog, state.history, progress, self.settings.features)
+
+    async def down(
+        self, target_version: str, *, allow_data_loss: bool = False, dry_run: bool = False
+    ) -> DownResult:
+        """Undo recorded migrations above `target_version`, newest first (see migrator.down).
+
+        Refused before anything is undone (ValidationError subclasses) when a
+        migration in the walk has no down file or is irreversible, or when a down
+        would drop rows and `allow_data_loss` is not set. `dry_run` plans and
+        rehearses (rolled back) and returns what would be undone and dropped.
+        """
+        catalog = self.catalog()
+        async with owned_connection(None, self.db_config) as conn:
+            return await run_down(
+                self._context(conn),
+                catalog,
+                target_version,
+                allow_data_loss=allow_data_loss,
+                dry_run=dry_run,
+            )
+
+    async def drift(self, conn: asyncpg.Connection | None = None) -> Drift:
+        """The schema now against the fingerprint the last run recorded (changes nothing)."""
+        async with owned_connection(conn, self.db_config) as c:
+            return await read_drift(c)
 
     async def accept_checksum(self, version: str) -> str:
         """Record the current file's checksum for an applied migration (deliberate edit).
