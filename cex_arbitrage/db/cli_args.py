@@ -15,6 +15,7 @@ COMMANDS = {
     "status": "each migration's state; changes nothing (--json, --exit-code, --drift)",
     "background": "run unfinished background steps (backfills) here",
     "accept-checksum": "VERSION: record the checksum of a deliberately edited file",
+    "accept-drift": "record the schema as it is now as the fingerprint status --drift uses",
     "down": "--target VERSION: undo the migrations above VERSION, newest first",
     "new": "NAME: write the next migration file, NNN_NAME.sql, to fill in (no database)",
 }

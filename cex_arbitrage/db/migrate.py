@@ -163,7 +163,6 @@ async def _verbose_report(db: DatabaseConfig, config: AppConfig, source: str) ->
 
 async def _run(args: argparse.Namespace, prep: _Prepared, db: DatabaseConfig) -> int:
     from cex_arbitrage.db.migrations.run_migrations import MigrationRunner
-    from cex_arbitrage.db.migrator.status import format_table, to_json
 
     config = prep.config
     runner = MigrationRunner(
@@ -177,22 +176,10 @@ async def _run(args: argparse.Namespace, prep: _Prepared, db: DatabaseConfig) ->
     )
     if args.verbose and not args.json and args.command in ("status", "apply"):
         await _verbose_report(db, config, prep.source.describe())
-    if args.command == "status":
-        rows = await runner.get_migration_status()
-        drift = await runner.drift() if args.drift else None
-        if args.json:
-            extra: dict[str, Any] = {"database": db.display}
-            if drift is not None:
-                extra["drift"] = drift.to_json()
-            print(to_json(rows, extra))
-        else:
-            print(format_table(rows, verbose=args.verbose))
-            if drift is not None:
-                print(drift.describe(db.display))
-        attention = any(r.needs_attention for r in rows) or (drift is not None and drift.drifted)
-        return int(ExitCode.PENDING) if args.exit_code and attention else 0
-    if args.command == "down":
-        return await _down(args, runner, prep.target, db)
+    if args.command in ("status", "down", "accept-drift"):
+        from cex_arbitrage.db.cli_schema import run_schema_command
+
+        return await run_schema_command(args, runner, prep.target, db)
     if args.command == "accept-checksum":
         old = await runner.accept_checksum(args.version)
         if old == runner.catalog().by_version()[args.version].checksum:
@@ -216,28 +203,6 @@ async def _run(args: argparse.Namespace, prep: _Prepared, db: DatabaseConfig) ->
         print(plan.describe(sql=args.verbose))
         return 0
     return await _apply(args, runner, prep.target, db)
-
-
-async def _down(
-    args: argparse.Namespace, runner: MigrationRunner, target: str | None, db: DatabaseConfig
-) -> int:
-    assert target is not None  # check_arguments requires it
-    result = await runner.down(target, allow_data_loss=args.allow_data_loss, dry_run=args.dry_run)
-    if args.dry_run:
-        print("dry run: nothing will be changed (the walk was rehearsed and rolled back)")
-        print(result.plan.describe(sql=args.verbose))
-        for loss in result.losses:
-            flag = " (needs --allow-data-loss)" if loss.rows else ""
-            if loss.bookkeeping:
-                flag = " (the runner's fingerprint, not data)"
-            print(f"  down of {loss.version} drops {loss.label}: {loss.rows} row(s){flag}")
-        return 0
-    if not result.undone:
-        print(result.plan.describe())
-        return 0
-    parts = ", ".join(f"{v} ({result.durations_ms[v]} ms)" for v in result.undone)
-    print(f"{db.display}: undone {parts}; the schema is at {result.plan.target}")
-    return 0
 
 
 async def _apply(

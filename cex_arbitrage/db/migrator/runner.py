@@ -18,6 +18,7 @@ from cex_arbitrage.db.migrator.catalog import cached_catalog
 from cex_arbitrage.db.migrator.connect import owned_connection
 from cex_arbitrage.db.migrator.down import DownResult, run_down
 from cex_arbitrage.db.migrator.fingerprint import Drift, read_drift
+from cex_arbitrage.db.migrator.fingerprint import record as record_fingerprint
 from cex_arbitrage.db.migrator.history import read_history_lean, read_progress, read_state
 from cex_arbitrage.db.migrator.model import Catalog, Migration
 from cex_arbitrage.db.migrator.plan import Plan, check_checksums, make_plan, versioned
@@ -182,6 +183,15 @@ class MigrationRunner:
         """The schema now against the fingerprint the last run recorded (changes nothing)."""
         async with owned_connection(conn, self.db_config) as c:
             return await read_drift(c)
+
+    async def accept_drift(self) -> bool:
+        """Record the schema as it is now as the fingerprint; False before migration 007.
+
+        For a deliberate change outside migrations, or after a major-version upgrade
+        (the server's deparsed definitions may read differently).
+        """
+        async with owned_connection(None, self.db_config) as conn:
+            return await record_fingerprint(conn, applied_from(self.program))
 
     async def accept_checksum(self, version: str) -> str:
         """Record the current file's checksum for an applied migration (deliberate edit).

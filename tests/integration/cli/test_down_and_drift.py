@@ -216,6 +216,18 @@ async def test_drift_outside_migrations_is_named_and_exits_6(db: DatabaseConfig)
     ok(cli(db, "down", "--target", "004"))  # a run that changes the schema records anew
     ok(cli(db))
     assert drift_json(db)["drifted"] is False
+    await execute(db, "DROP INDEX idx_manual")
+    assert cli(db, "status", "--drift", "--exit-code").returncode == ExitCode.PENDING
+    accepted = ok(cli(db, "accept-drift"))  # a deliberate change: take the schema as it is
+    assert "recorded the schema as it is now" in accepted.stdout
+    assert drift_json(db)["drifted"] is False
+
+
+async def test_accept_drift_before_007_is_refused(db: DatabaseConfig) -> None:
+    ok(cli(db, "--target", "004"))
+    refused = cli(db, "accept-drift")
+    assert refused.returncode == ExitCode.REFUSED, explain(refused)
+    assert "apply migration 007" in refused.stderr
 
 
 async def test_fresh_and_legacy_upgraded_databases_show_no_drift_and_one_fingerprint(
