@@ -8,8 +8,10 @@ and what the database holds after: nothing undone when the walk is refused.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +20,7 @@ from cex_arbitrage.errors import ExitCode
 from tests.support.cli import run_cli_process
 from tests.support.databases import fetch, fresh_database, has_table, pg_env
 from tests.support.legacy_data import make_legacy_dataset, prepare_legacy
-from tests.support.paths import REPO
+from tests.support.paths import MIGRATIONS, REPO
 
 TRADES_OFF = ["--feature", "trade_collection=off"]
 
@@ -246,3 +248,24 @@ async def test_drift_is_unknown_before_007_and_not_an_error(db: DatabaseConfig) 
     ok(cli(db, "--target", "004"))
     result = ok(cli(db, "status", "--drift"))
     assert "drift unknown: no schema fingerprint is recorded" in result.stdout
+
+
+async def test_new_down_scaffolds_a_down_file_that_down_runs(
+    db: DatabaseConfig, tmp_path: Path
+) -> None:
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    for path in MIGRATIONS.glob("*.sql"):
+        shutil.copy(path, directory / path.name)
+    dir_args = ["--migrations-dir", str(directory), *TRADES_OFF]
+    new = ok(cli(db, "new", "add_widgets", "--down", "--migrations-dir", str(directory)))
+    up, down = (Path(line) for line in new.stdout.split())
+    assert (up.name, down.name) == ("008_add_widgets.sql", "008_add_widgets.down.sql")
+    up.write_text(up.read_text().replace("\nSELECT 1;\n", "\nCREATE TABLE widgets (id int);\n", 1))
+    down.write_text(down.read_text().replace("\nSELECT 1;\n", "\nDROP TABLE widgets;\n", 1))
+    ok(cli(db, *dir_args))
+    assert await has_table(db, "widgets")
+    walked = ok(cli(db, "down", "--target", "007", *dir_args))
+    assert "undone 008" in walked.stdout, explain(walked)
+    assert not await has_table(db, "widgets")
+    assert await versions(db) == ["000", "002", "003", "007"]
