@@ -17,7 +17,7 @@ import pytest
 
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.errors import ExitCode
-from tests.support.cli import run_cli_process
+from tests.support.cli import run_cli_process, write_migrations
 from tests.support.databases import fetch, fresh_database, has_table, pg_env
 from tests.support.legacy_data import make_legacy_dataset, prepare_legacy
 from tests.support.paths import MIGRATIONS, REPO
@@ -269,3 +269,36 @@ async def test_new_down_scaffolds_a_down_file_that_down_runs(
     assert "undone 008" in walked.stdout, explain(walked)
     assert not await has_table(db, "widgets")
     assert await versions(db) == ["000", "002", "003", "007"]
+
+
+async def test_down_refusals_of_a_set_of_ones_own_leave_everything_applied(
+    db: DatabaseConfig, tmp_path: Path
+) -> None:
+    directory = write_migrations(
+        tmp_path / "m",
+        {
+            "001_a.sql": "CREATE TABLE a (id int);\n",
+            "002_b.sql": "CREATE TABLE b (id int);\n",
+            "002_b.down.sql": "DROP TABLE nope;\n",
+        },
+    )
+    dir_args = ["--migrations-dir", str(directory)]
+    ok(cli(db, *dir_args))
+    before = await fetch(db, "SELECT * FROM migration_history ORDER BY version")
+
+    no_down = cli(db, "down", "--target", "000", *dir_args)
+    assert no_down.returncode == ExitCode.REFUSED, explain(no_down)
+    assert "001_a.sql, and it has no down file (001_a.down.sql)" in no_down.stderr
+
+    failing = cli(db, "down", "--target", "001", *dir_args)
+    assert failing.returncode == ExitCode.MIGRATION_FAILED, explain(failing)
+    assert "002_b.down.sql fails when the walk is rehearsed" in failing.stderr
+    assert 'table "nope" does not exist' in failing.stderr
+    assert "nothing was undone" in failing.stderr
+
+    unknown = cli(db, "down", "--target", "009", *dir_args)
+    assert unknown.returncode == ExitCode.REFUSED, explain(unknown)
+    assert "unknown target version '009'" in unknown.stderr
+
+    assert await fetch(db, "SELECT * FROM migration_history ORDER BY version") == before
+    assert await has_table(db, "a") and await has_table(db, "b")
