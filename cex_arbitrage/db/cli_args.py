@@ -190,5 +190,6 @@ def check_arguments(args: argparse.Namespace) -> None:
         elif option == "--dry-run":
             hint = "; only apply and down have a plan to show (`--dry-run` alone)"
         raise ConfigError(
-            f"{option} is for the {' and '.join(commands)} command only, not {args.command}{hint}"
+            f"{option} is for the {' and '.join(commands)} "
+            f"command{'s' if len(commands) > 1 else ''} only, not {args.command}{hint}"
         )
