@@ -8,6 +8,12 @@ after it. So a down that fails, or that would drop rows without
 --allow-data-loss, stops the walk before anything was undone, and the
 refusal says how many rows. Then each down runs for real: its SQL and the
 deletion of its history row (and progress rows) in one transaction.
+
+The row is deleted, not marked: 000's CHECK allows no "reverted" state (only
+running, failed, background, applied, each of which means some of it is in
+the schema), and without a row the migration is plainly pending, so the
+next apply brings it back. The fingerprint recorded after the walk keeps
+who went down (recorded_by).
 """
 
 from __future__ import annotations
