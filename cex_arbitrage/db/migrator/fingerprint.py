@@ -115,19 +115,20 @@ _READ_RECORDED = f"SELECT kind, name, definition, recorded_at, recorded_by FROM 
 async def record(conn: asyncpg.Connection, recorded_by: str) -> bool:
     """Replace the recorded fingerprint with the schema as it is; False before migration 007.
 
-    One message, so one implicit transaction: a reader sees the old rows or the new. The
-    table lock (readers pass) queues a second recorder (a background task finishing while
-    a run applies) until the first commits, instead of failing on its fresh rows.
+    The table is looked up first rather than the error caught, so a set without 007
+    leaves no error in the server's log. Then one message, so one implicit transaction:
+    a reader sees the old rows or the new. The table lock (readers pass) queues a second
+    recorder (a background task finishing while a run applies) until the first commits,
+    instead of failing on its fresh rows.
     """
-    try:
-        await conn.execute(
-            f"LOCK TABLE {TABLE} IN SHARE ROW EXCLUSIVE MODE;\n"
-            f"DELETE FROM {TABLE};\n"
-            f"INSERT INTO {TABLE} (kind, name, definition, recorded_by)\n"
-            f"SELECT kind, name, definition, {literal(recorded_by)} FROM ({FINGERPRINT_SQL}) f;"
-        )
-    except asyncpg.UndefinedTableError:
+    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", TABLE):
         return False
+    await conn.execute(
+        f"LOCK TABLE {TABLE} IN SHARE ROW EXCLUSIVE MODE;\n"
+        f"DELETE FROM {TABLE};\n"
+        f"INSERT INTO {TABLE} (kind, name, definition, recorded_by)\n"
+        f"SELECT kind, name, definition, {literal(recorded_by)} FROM ({FINGERPRINT_SQL}) f;"
+    )
     return True
 
 
@@ -207,10 +208,9 @@ async def current(conn: asyncpg.Connection) -> dict[tuple[str, str], str]:
 async def read_drift(conn: asyncpg.Connection) -> Drift:
     """Compare the schema now with the recorded fingerprint (a read; changes nothing)."""
     now = await current(conn)
-    try:
+    stored = []
+    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", TABLE):
         stored = await conn.fetch(_READ_RECORDED)
-    except asyncpg.UndefinedTableError:
-        stored = []
     if not stored:
         return Drift(recorded=False, recorded_at=None, recorded_by=None, digest=digest(now))
     was = {(r["kind"], r["name"]): r["definition"] for r in stored}
