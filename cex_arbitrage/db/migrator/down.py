@@ -25,13 +25,18 @@ import time
 import asyncpg
 
 from cex_arbitrage.db.migrator import fingerprint, lock
+from cex_arbitrage.db.migrator.blockers import find_blockers
 from cex_arbitrage.db.migrator.down_plan import DownPlan, DownStep, make_down_plan
 from cex_arbitrage.db.migrator.failures import is_connection_lost, wrap
 from cex_arbitrage.db.migrator.history import literal, read_state
-from cex_arbitrage.db.migrator.model import Catalog
+from cex_arbitrage.db.migrator.model import Catalog, Migration
 from cex_arbitrage.db.migrator.session import RunContext
 from cex_arbitrage.db.migrator.statements import LOCK_ERRORS, backoff
-from cex_arbitrage.errors import DataLossRefusedError, MigrationFailedError
+from cex_arbitrage.errors import (
+    DataLossRefusedError,
+    MigrationFailedError,
+    TableLockTimeoutError,
+)
 
 # Tables and columns (attname NULL for the table itself) that a down could drop with rows.
 _TABLES_AND_COLUMNS = f"""
@@ -156,7 +161,9 @@ async def _rehearse(ctx: RunContext, plan: DownPlan) -> list[Loss]:
         except LOCK_ERRORS as exc:
             attempt += 1
             if attempt > ctx.db.lock_retries:
-                raise _failed(ctx, plan, exc) from exc
+                what = f"rehearsing {ctx.current}"
+                ctx.current = "-"
+                raise await _lock_timeout(ctx, plan.steps[0].migration, exc, attempt, what) from exc
             await backoff(ctx, plan.steps[0].migration, attempt, exc)
         except Exception as exc:
             raise _failed(ctx, plan, exc) from exc
@@ -236,7 +243,7 @@ async def _undo(ctx: RunContext, step: DownStep) -> int:
             await _end_transaction(ctx)
             attempt += 1
             if attempt > ctx.db.lock_retries:
-                raise wrap(ctx, exc, m, None) from exc
+                raise await _lock_timeout(ctx, m, exc, attempt, f"undoing {m.filename}") from exc
             await backoff(ctx, m, attempt, exc)
         except Exception as exc:
             await _end_transaction(ctx)
@@ -245,6 +252,24 @@ async def _undo(ctx: RunContext, step: DownStep) -> int:
     ctx.current = "-"
     ctx.say(f"{ctx.database}: undid {m.filename} in {ms} ms")
     return ms
+
+
+async def _lock_timeout(
+    ctx: RunContext, m: Migration, exc: BaseException, attempts: int, what: str
+) -> TableLockTimeoutError:
+    """A table lock not had after the retries: rolled back, the likely holders named."""
+    pids, blockers = await find_blockers(ctx.conn)
+    return TableLockTimeoutError(
+        f"{ctx.database}: down: {what}: could not get a table lock within "
+        f"{ctx.db.lock_timeout_ms} ms after {attempts} attempts ({exc}); rolled back, this "
+        f"down is not undone.{blockers or ' Long transactions on its tables hold it up.'} "
+        "Then run again",
+        version=m.version,
+        step="down",
+        statement_index=None,
+        attempts=attempts,
+        blocking_pids=pids,
+    )
 
 
 async def _end_transaction(ctx: RunContext) -> None:

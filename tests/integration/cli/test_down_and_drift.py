@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from cex_arbitrage.db.structs import DatabaseConfig
@@ -331,3 +332,25 @@ async def test_timescale_fresh_and_legacy_hypertables_share_one_fingerprint(
         ts_db, "SELECT name FROM migration_schema_fingerprint WHERE kind = 'view' ORDER BY 1"
     )
     assert [r["name"] for r in rows] == ["public.trades_ohlcv_1h", "public.trades_ohlcv_1m"]
+
+
+async def test_a_table_lock_held_elsewhere_times_out_the_rehearsal_with_exit_5(
+    db: DatabaseConfig, tmp_path: Path
+) -> None:
+    ok(cli(db, *TRADES_OFF))
+    config = tmp_path / "config.yaml"
+    config.write_text("database:\n  lock_timeout_ms: 100\n  lock_retries: 1\n")
+    before = await fetch(db, "SELECT * FROM migration_history ORDER BY version")
+    holder = await asyncpg.connect(**db.connect_kwargs())
+    try:
+        await holder.execute("BEGIN; LOCK TABLE ingest_batch_log IN ACCESS SHARE MODE")
+        pid = await holder.fetchval("SELECT pg_backend_pid()")
+        result = cli(db, "down", "--target", "001", "--config", str(config), *TRADES_OFF)
+        assert result.returncode == ExitCode.LOCK_TIMEOUT, explain(result)
+        assert "rehearsing 002_add_ingest_batch_log.down.sql" in result.stderr
+        assert "could not get a table lock within 100 ms after 2 attempts" in result.stderr
+        assert f"pid {pid}" in result.stderr
+    finally:
+        await holder.close()
+    assert await fetch(db, "SELECT * FROM migration_history ORDER BY version") == before
+    assert await has_table(db, "book_ticker_snapshots")
