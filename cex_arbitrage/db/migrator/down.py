@@ -147,6 +147,8 @@ async def _rehearse(ctx: RunContext, plan: DownPlan) -> list[Loss]:
                     before = await _snapshot(ctx.conn)
                     if step.down.sql:
                         await ctx.conn.execute(step.down.sql)
+                    # as the walk will: a later down may ask migration_is_applied()
+                    await ctx.conn.execute(_forget(step.migration.version))
                     gone = before - await _snapshot(ctx.conn)
                     tables = {(s, t) for s, t, c in gone if c is None}
                     dropped += [
@@ -221,18 +223,25 @@ def _refuse_data_loss(
     )
 
 
+def _forget(version: str) -> str:
+    """The history change of a down: the migration's rows go, so it is pending again."""
+    v = literal(version)
+    return (
+        f"DELETE FROM migration_progress WHERE version = {v};\n"
+        f"DELETE FROM migration_history WHERE version = {v};"
+    )
+
+
 async def _undo(ctx: RunContext, step: DownStep) -> int:
     """One down and the deletion of its history rows, in one transaction; its time in ms."""
     m, down = step.migration, step.down
     ctx.current = ctx.activity.migration = down.filename
     ctx.say(f"{ctx.database}: undoing {m.filename} ({down.filename})")
     started = time.monotonic()
-    version = literal(m.version)
     message = (
         "BEGIN;\nSET LOCAL standard_conforming_strings = on;\n"
         + (f"{down.sql}\n;\n" if down.sql else "")
-        + f"DELETE FROM migration_progress WHERE version = {version};\n"
-        + f"DELETE FROM migration_history WHERE version = {version};\nCOMMIT;"
+        + f"{_forget(m.version)}\nCOMMIT;"
     )
     attempt = 0
     while True:

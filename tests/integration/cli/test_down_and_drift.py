@@ -354,3 +354,28 @@ async def test_a_table_lock_held_elsewhere_times_out_the_rehearsal_with_exit_5(
         await holder.close()
     assert await fetch(db, "SELECT * FROM migration_history ORDER BY version") == before
     assert await has_table(db, "book_ticker_snapshots")
+
+
+async def test_the_rehearsal_sees_the_history_as_the_walk_will(
+    db: DatabaseConfig, tmp_path: Path
+) -> None:
+    """001's down drops its table only once 002 is undone: the rehearsal, which undoes
+    002 first too, must see that, or the rows would go without --allow-data-loss."""
+    directory = write_migrations(
+        tmp_path / "m",
+        {
+            "001_a.sql": "CREATE TABLE a (id int);\nINSERT INTO a VALUES (1), (2);\n",
+            "001_a.down.sql": "DO $$ BEGIN IF NOT migration_is_applied('002') THEN "
+            "DROP TABLE a; END IF; END $$;\n",
+            "002_b.sql": "CREATE TABLE b (id int);\n",
+            "002_b.down.sql": "DROP TABLE b;\n",
+        },
+    )
+    dir_args = ["--migrations-dir", str(directory)]
+    ok(cli(db, *dir_args))
+    refused = cli(db, "down", "--target", "000", *dir_args)
+    assert refused.returncode == ExitCode.REFUSED, explain(refused)
+    assert "down of 001 drops table public.a with 2 row(s)" in refused.stderr
+    assert await has_table(db, "a") and await has_table(db, "b")
+    ok(cli(db, "down", "--target", "000", "--allow-data-loss", *dir_args))
+    assert not await has_table(db, "a") and not await has_table(db, "b")
