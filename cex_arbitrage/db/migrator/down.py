@@ -9,16 +9,15 @@ after it. So a down that fails, or that would drop rows without
 refusal says how many rows. Then each down runs for real: its SQL and the
 deletion of its history row (and progress rows) in one transaction.
 
-The row is deleted, not marked: 000's CHECK allows no "reverted" state (only
+The same transaction records the schema fingerprint the down leaves. The
+row is deleted, not marked: 000's CHECK allows no "reverted" state (only
 running, failed, background, applied, each of which means some of it is in
 the schema), and without a row the migration is plainly pending, so the
-next apply brings it back. The fingerprint recorded after the walk keeps
-who went down (recorded_by).
+next apply brings it back. The fingerprint keeps who went down (recorded_by).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 
@@ -114,21 +113,11 @@ async def run_down(
 
 
 async def _walk(ctx: RunContext, plan: DownPlan, result: DownResult) -> None:
-    """Each down in its own transaction; then the fingerprint of what is left.
-
-    When a down fails, those before it stay undone: the fingerprint is
-    recorded for them too (if the session still works), then the error goes up.
-    """
-    try:
-        for step in plan.steps:
-            result.durations_ms[step.migration.version] = await _undo(ctx, step)
-            result.undone.append(step.migration.version)
-    except BaseException:
-        if result.undone and not ctx.conn.is_closed():
-            with contextlib.suppress(Exception):
-                await fingerprint.record(ctx.conn, ctx.applied_from)
-        raise
-    await fingerprint.record(ctx.conn, ctx.applied_from)
+    """Each down in its own transaction, which also records the fingerprint it leaves:
+    a walk cut short (a failure, Ctrl-C) leaves no undone down unrecorded."""
+    for step in plan.steps:
+        result.durations_ms[step.migration.version] = await _undo(ctx, step)
+        result.undone.append(step.migration.version)
 
 
 async def _snapshot(conn: asyncpg.Connection) -> set[Item]:
@@ -241,7 +230,7 @@ async def _undo(ctx: RunContext, step: DownStep) -> int:
     message = (
         "BEGIN;\nSET LOCAL standard_conforming_strings = on;\n"
         + (f"{down.sql}\n;\n" if down.sql else "")
-        + f"{_forget(m.version)}\nCOMMIT;"
+        + f"{_forget(m.version)}\n{fingerprint.record_statement(ctx.applied_from)}\nCOMMIT;"
     )
     attempt = 0
     while True:

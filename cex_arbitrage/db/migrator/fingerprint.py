@@ -132,6 +132,19 @@ async def record(conn: asyncpg.Connection, recorded_by: str) -> bool:
     return True
 
 
+def record_statement(recorded_by: str) -> str:
+    """`record` as one statement for a transaction of the caller's (a down's, which may
+    itself drop the table: then it records nothing)."""
+    return (
+        f"DO $fingerprint$ BEGIN IF to_regclass('{TABLE}') IS NOT NULL THEN\n"
+        f"LOCK TABLE {TABLE} IN SHARE ROW EXCLUSIVE MODE;\n"
+        f"DELETE FROM {TABLE};\n"
+        f"INSERT INTO {TABLE} (kind, name, definition, recorded_by)\n"
+        f"SELECT kind, name, definition, {literal(recorded_by)} FROM ({FINGERPRINT_SQL}) f;\n"
+        "END IF; END $fingerprint$;"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Drift:
     """The schema now against the fingerprint recorded after the last run."""

@@ -276,6 +276,8 @@ async def test_new_down_scaffolds_a_down_file_that_down_runs(
     assert "undone 008" in walked.stdout, explain(walked)
     assert not await has_table(db, "widgets")
     assert await versions(db) == ["000", "002", "003", "007"]
+    # the down's transaction recorded the fingerprint it left: widgets is not "removed"
+    assert drift_json(db, *dir_args)["drifted"] is False
 
 
 async def test_down_refusals_of_a_set_of_ones_own_leave_everything_applied(
