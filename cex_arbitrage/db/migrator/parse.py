@@ -74,7 +74,7 @@ class _RawStep:
 
 
 @dataclasses.dataclass
-class _Scan:
+class Scan:
     """Phase 1's result: header directives (with their lines) and raw steps."""
 
     header: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
@@ -100,9 +100,9 @@ def parse_migration(filename: str, text: str) -> Migration:
             filename=filename,
         )
     version, name = match["version"], match["name"]
-    scan = _scan(filename, text)
+    scan = scan_file(filename, text)
     steps = _validated_steps(filename, scan)
-    header = _header_values(filename, scan, _MIGRATION_KEYS)
+    header = header_values(filename, scan, _MIGRATION_KEYS)
     return Migration(
         version=version,
         name=name,
@@ -124,7 +124,7 @@ def parse_routine(filename: str, text: str) -> Routine:
             f"{filename}: not a routine file name; expected {ROUTINE_PREFIX}snake_case_name.sql",
             filename=filename,
         )
-    scan = _scan(filename, text)
+    scan = scan_file(filename, text)
     if len(scan.steps) != 1 or scan.steps[0].name != "main":
         raise MigrationFileError(
             f"{filename}:{scan.steps[-1].line}: a routine has no steps: it runs whole, "
@@ -133,7 +133,7 @@ def parse_routine(filename: str, text: str) -> Routine:
             line=scan.steps[-1].line,
         )
     (step,) = _validated_steps(filename, scan)
-    header = _header_values(filename, scan, _ROUTINE_KEYS)
+    header = header_values(filename, scan, _ROUTINE_KEYS)
     return Routine(
         name=match["name"],
         filename=filename,
@@ -144,9 +144,9 @@ def parse_routine(filename: str, text: str) -> Routine:
     )
 
 
-def _scan(filename: str, text: str) -> _Scan:
+def scan_file(filename: str, text: str) -> Scan:
     """Phase 1: read directives line by line into the header and raw steps."""
-    scan = _Scan(steps=[_RawStep("main", 1)])
+    scan = Scan(steps=[_RawStep("main", 1)])
     for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
         directive = _DIRECTIVE_RE.match(line.rstrip("\r\n"))
         if directive is None and _DIRECTIVE_LIKE_RE.match(line):
@@ -192,7 +192,7 @@ def _add_line(step: _RawStep, line: str, lineno: int) -> None:
         step.first_sql_line = lineno
 
 
-def _directive(filename: str, scan: _Scan, key: str, value: str, lineno: int) -> None:
+def _directive(filename: str, scan: Scan, key: str, value: str, lineno: int) -> None:
     """Apply one directive line to the scan."""
     where = f"{filename}:{lineno}"
     current = scan.steps[-1]
@@ -237,7 +237,7 @@ def _directive(filename: str, scan: _Scan, key: str, value: str, lineno: int) ->
         )
 
 
-def _new_step(filename: str, scan: _Scan, value: str, lineno: int) -> _RawStep:
+def _new_step(filename: str, scan: Scan, value: str, lineno: int) -> _RawStep:
     """A `-- migrate:step NAME [flags]` line: check the name and flags."""
     where = f"{filename}:{lineno}"
     parts = value.split()
@@ -272,12 +272,12 @@ def _new_step(filename: str, scan: _Scan, value: str, lineno: int) -> _RawStep:
     return _RawStep(name, lineno, flags)
 
 
-def _validated_steps(filename: str, scan: _Scan) -> list[Step]:
+def _validated_steps(filename: str, scan: Scan) -> list[Step]:
     """Phase 2: refuse transaction control and empty steps; build the Step values."""
     steps: list[Step] = []
     for raw in scan.steps:
         first_line = raw.line + 1 if raw.name != "main" else 1
-        _refuse_transaction_control(filename, raw.sql, first_line)
+        refuse_transaction_control(filename, raw.sql, first_line)
         if not split_statements(raw.sql):
             if raw.name != "main":
                 raise MigrationFileError(
@@ -302,7 +302,7 @@ def _validated_steps(filename: str, scan: _Scan) -> list[Step]:
     return steps
 
 
-def _header_values(filename: str, scan: _Scan, allowed: tuple[str, ...]) -> dict[str, list[str]]:
+def header_values(filename: str, scan: Scan, allowed: tuple[str, ...]) -> dict[str, list[str]]:
     """Phase 3: the header's directives by key, refusing keys this kind of file has not."""
     values: dict[str, list[str]] = {}
     for key, value, lineno in scan.header:
@@ -362,7 +362,7 @@ def _replaces(filename: str, header: dict[str, list[str]]) -> frozenset[str]:
     return frozenset(replaced)
 
 
-def _refuse_transaction_control(filename: str, sql: str, first_line: int) -> None:
+def refuse_transaction_control(filename: str, sql: str, first_line: int) -> None:
     """Refuse BEGIN/COMMIT/ROLLBACK at top level, naming the line."""
     pos = 0
     for statement in split_statements(sql):

@@ -13,9 +13,9 @@ import re
 
 from cex_arbitrage.db.migrator.model import Down
 from cex_arbitrage.db.migrator.parse import (
-    _header_values,
-    _refuse_transaction_control,
-    _scan,
+    header_values,
+    refuse_transaction_control,
+    scan_file,
 )
 from cex_arbitrage.db.migrator.split import split_statements
 from cex_arbitrage.errors import MigrationFileError
@@ -43,7 +43,7 @@ def parse_down(filename: str, text: str) -> Down:
             "named like the migration it undoes (NNN_snake_case_name.sql)",
             filename=filename,
         )
-    scan = _scan(filename, text)
+    scan = scan_file(filename, text)
     if len(scan.steps) != 1:
         raise MigrationFileError(
             f"{filename}:{scan.steps[1].line}: a down file has no steps: it runs whole, in "
@@ -52,8 +52,8 @@ def parse_down(filename: str, text: str) -> Down:
             line=scan.steps[1].line,
         )
     sql = scan.steps[0].sql
-    _refuse_transaction_control(filename, sql, 1)
-    header = _header_values(filename, scan, _DOWN_KEYS)
+    refuse_transaction_control(filename, sql, 1)
+    header = header_values(filename, scan, _DOWN_KEYS)
     reason = header.get("irreversible", [None])[0]
     if reason is not None and split_statements(sql):
         raise MigrationFileError(
