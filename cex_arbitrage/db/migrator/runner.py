@@ -11,12 +11,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from cex_arbitrage.db.migrator.catalog import cached_catalog
 from cex_arbitrage.db.migrator.connect import owned_connection
-from cex_arbitrage.db.migrator.down import DownResult, run_down
 from cex_arbitrage.db.migrator.fingerprint import Drift, read_drift
 from cex_arbitrage.db.migrator.fingerprint import record as record_fingerprint
 from cex_arbitrage.db.migrator.history import read_history_lean, read_progress, read_state
@@ -29,6 +29,9 @@ from cex_arbitrage.db.migrator.source import MigrationSource
 from cex_arbitrage.db.migrator.status import MigrationStatus, collect_status
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.errors import MigrationError, NotAppliedError, ValidationError
+
+if TYPE_CHECKING:  # `down` loads its modules when called: apply and status do not need them
+    from cex_arbitrage.db.migrator.down import DownResult
 
 log = logging.getLogger("cex_arbitrage.migrations")
 
@@ -169,6 +172,8 @@ class MigrationRunner:
         would drop rows and `allow_data_loss` is not set. `dry_run` plans and
         rehearses (rolled back) and returns what would be undone and dropped.
         """
+        from cex_arbitrage.db.migrator.down import run_down
+
         catalog = self.catalog()
         async with owned_connection(None, self.db_config) as conn:
             return await run_down(
