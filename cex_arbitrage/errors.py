@@ -19,7 +19,11 @@ what happened, to which migration and database, and what to do next.
     │   ├── AbandonedAttemptError       an unfinished attempt whose file is gone
     │   ├── ChecksumMismatchError       an applied file was edited
     │   ├── NotAppliedError             accept-checksum of a migration not applied
-    │   └── LintFindingsError           `lint` found unsuppressed findings
+    │   ├── LintFindingsError           `lint` found unsuppressed findings
+    │   ├── IrreversibleMigrationError  down: a migration in the walk has no down (or is
+    │   │                               marked irreversible); nothing was undone
+    │   └── DataLossRefusedError        down: it would drop tables/columns holding rows,
+    │                                   without --allow-data-loss; nothing was undone
     ├── LockTimeoutError     (5)        a lock not obtained in time
     │   ├── MigrationLockTimeoutError   the runner's advisory lock (holder named)
     │   └── TableLockTimeoutError       a table lock, after retries (blocking pids)
@@ -174,6 +178,32 @@ class LintFindingsError(ValidationError):
         super().__init__(message)
         self.findings = findings
         self.files = tuple(files)
+
+
+class IrreversibleMigrationError(ValidationError):
+    """`down`: a migration the walk must undo has no down file, or its down file says
+    `-- migrate:irreversible REASON`. Raised before any down runs.
+
+    `reason` is None when there is no down file at all.
+    """
+
+    def __init__(self, message: str, *, version: str, filename: str, reason: str | None) -> None:
+        super().__init__(message)
+        self.version = version
+        self.filename = filename
+        self.reason = reason
+
+
+class DataLossRefusedError(ValidationError):
+    """`down` would drop tables or columns that hold rows, and --allow-data-loss was not given.
+
+    `losses` holds (version, object, rows) for each object that would take rows with it;
+    raised after a rehearsal that was rolled back, before any down ran.
+    """
+
+    def __init__(self, message: str, *, losses: Sequence[tuple[str, str, int]]) -> None:
+        super().__init__(message)
+        self.losses = tuple(losses)
 
 
 class LockTimeoutError(MigrationError):

@@ -12,9 +12,11 @@ from cex_arbitrage.errors import ConfigError
 
 COMMANDS = {
     "apply": "(default) apply pending migrations in order, then backfills",
-    "status": "each migration's state; changes nothing (--json, --exit-code)",
+    "status": "each migration's state; changes nothing (--json, --exit-code, --drift)",
     "background": "run unfinished background steps (backfills) here",
     "accept-checksum": "VERSION: record the checksum of a deliberately edited file",
+    "accept-drift": "record the schema as it is now as the fingerprint status --drift uses",
+    "down": "--target VERSION: undo the migrations above VERSION, newest first",
     "new": "NAME: write the next migration file, NNN_NAME.sql, to fill in (no database)",
     "lint": "[FILES...]: safety rules for migrations on live tables (no database;\n"
     + " " * 19
@@ -44,21 +46,25 @@ connection (each layer overrides only the fields it sets):
 
 _EPILOG = """exit codes: 0 ok, 1 migration failed, 2 usage/config, 3 cannot connect,
   4 refused (checksum/dependency/target/migration files, lint findings), 5 lock timeout,
-  6 pending, drifted or background work nobody runs (status --exit-code),
-  7 pre-flight (privilege/server),
-  8 interrupted."""
+  6 pending, drifted or background work nobody runs (status --exit-code; with --drift
+  also schema drift), 7 pre-flight (privilege/server), 8 interrupted. down refuses with
+  4 (no down file, irreversible, or data loss without --allow-data-loss) before undoing
+  anything."""
 
 # Options that mean something to some commands only. Elsewhere they were ignored
 # silently; `--exit-code` or `--json` without `status` even applied migrations.
 _ONLY_FOR: dict[str, tuple[str, tuple[str, ...]]] = {
     "exit_code": ("--exit-code", ("status",)),
     "json": ("--json", ("status", "lint")),
-    "target": ("--target", ("apply",)),
-    "dry_run": ("--dry-run", ("apply",)),
+    "target": ("--target", ("apply", "down")),
+    "dry_run": ("--dry-run", ("apply", "down")),
+    "allow_data_loss": ("--allow-data-loss", ("down",)),
+    "drift": ("--drift", ("status",)),
     "no_background": ("--no-background", ("apply",)),
     "wait_background": ("--wait-background", ("apply",)),
     "depends": ("--depends", ("new",)),
     "non_transactional": ("--non-transactional", ("new",)),
+    "down": ("--down", ("new",)),
 }
 # Commands that take the positional argument, and what it is.
 _ARGUMENT = {"accept-checksum": "VERSION", "new": "NAME (snake_case, e.g. add_order_index)"}
@@ -84,12 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("files", nargs="*", metavar="FILES", help="lint: more files")
     parser.add_argument("--config", help="config file (default: $CEX_CONFIG or ./config.yaml)")
     parser.add_argument(
-        "--target", metavar="VERSION", help="apply: up to this version only (1 means 001)"
+        "--target",
+        metavar="VERSION",
+        help="apply: up to this version only (1 means 001); down (required): undo every "
+        "migration above it",
     )
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="apply: print the plan (and the SQL with --verbose); change nothing",
+        help="apply, down: print the plan or the walk (and the SQL with --verbose); change nothing",
     )
     parser.add_argument(
         "--verbose",
@@ -103,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="status: exit 6 when something is pending, failed or drifted",
     )
+    _add_drift_and_down_options(parser)
     _add_background_options(parser)
     parser.add_argument(
         "--feature",
@@ -122,6 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_drift_and_down_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--drift",
+        action="store_true",
+        help="status: also compare the schema with the fingerprint recorded after the last "
+        "run, naming objects added, removed or changed outside migrations",
+    )
+    parser.add_argument(
+        "--allow-data-loss",
+        action="store_true",
+        help="down: go ahead when a down drops tables or columns that hold rows "
+        "(without it down refuses, saying how many rows)",
+    )
+
+
 def _add_new_options(parser: argparse.ArgumentParser) -> None:
     """The options of `new NAME` only."""
     parser.add_argument(
@@ -133,6 +158,11 @@ def _add_new_options(parser: argparse.ArgumentParser) -> None:
         "--non-transactional",
         action="store_true",
         help="new: add a transaction:false step (CREATE INDEX CONCURRENTLY and the like)",
+    )
+    parser.add_argument(
+        "--down",
+        action="store_true",
+        help="new: also write NNN_NAME.down.sql, the down file that undoes it",
     )
 
 
@@ -159,6 +189,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         stray = args.files
     if stray and args.command != "lint":
         raise ConfigError(f"unexpected argument {stray[0]!r}")
+    if args.command == "down" and not args.target:
+        raise ConfigError(
+            "down needs --target VERSION: the version to go down to (it stays applied; "
+            "every migration above it is undone, newest first)"
+        )
     if args.no_background and args.wait_background:
         raise ConfigError("--wait-background and --no-background contradict each other")
     for attr, (option, commands) in _ONLY_FOR.items():
@@ -170,6 +205,6 @@ def check_arguments(args: argparse.Namespace) -> None:
         elif option == "--target" and args.command == "status":
             hint = "; status always shows every migration (`--dry-run --target V` shows a plan)"
         elif option == "--dry-run":
-            hint = "; only apply has a plan to show (`--dry-run` alone)"
+            hint = "; only apply and down have a plan to show (`--dry-run` alone)"
         which = " and ".join(commands) + (" commands" if len(commands) > 1 else " command")
         raise ConfigError(f"{option} is for the {which} only, not {args.command}{hint}")

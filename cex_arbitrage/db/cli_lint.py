@@ -53,7 +53,10 @@ def lint_targets(files: list[str], migrations_dir: str | None) -> list[Path]:
             f"directory {directory} (from {origin}) holds no migration files (NNN_name.sql), "
             "so there is nothing to lint"
         )
-    return sorted(_shown(p) for p in directory.glob("*.sql"))
+    return sorted(_shown(p) for p in directory.glob("*.sql") if not p.name.endswith(_DOWN))
+
+
+_DOWN = ".down.sql"  # down files (parse_down.py): what `down` runs, not what apply runs
 
 
 def _shown(path: Path) -> Path:
@@ -75,6 +78,12 @@ def run_lint(args: argparse.Namespace) -> int:
     from cex_arbitrage.db.structs import LEGACY_TABLES
 
     paths = lint_targets([f for f in (args.version, *args.files) if f], args.migrations_dir)
+    downs = [str(p) for p in paths if p.name.endswith(_DOWN)]
+    if downs:
+        raise ConfigError(
+            f"{downs[0]}: down files are not linted: a down drops on purpose, and `down` "
+            "rehearses the walk first and refuses data loss without --allow-data-loss"
+        )
     facts = AppFacts(frozenset(LEGACY_TABLES), WRITTEN_COLUMNS)
     report = lint_paths(paths, facts)
     print(to_json(report) if args.json else format_text(report, show_suppressed=args.verbose))

@@ -75,6 +75,9 @@ def run_new(args: argparse.Namespace) -> int:
         depends=(args.depends or "").replace(",", " ").split(),
         non_transactional=args.non_transactional,
         default_features=DEFAULT_FEATURES,
+        down=args.down,
     )
     print(path)
+    if args.down:
+        print(path.with_name(path.name.removesuffix(".sql") + ".down.sql"))
     return 0

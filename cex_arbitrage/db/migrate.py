@@ -148,7 +148,6 @@ async def _verbose(db: DatabaseConfig, config: AppConfig, source: str) -> None:
 
 async def _run(args: argparse.Namespace, prep: _Prepared, db: DatabaseConfig) -> int:
     from cex_arbitrage.db.migrations.run_migrations import MigrationRunner
-    from cex_arbitrage.db.migrator.status import format_table, to_json
 
     config = prep.config
     runner = MigrationRunner(
@@ -162,15 +161,10 @@ async def _run(args: argparse.Namespace, prep: _Prepared, db: DatabaseConfig) ->
     )
     if args.verbose and not args.json and args.command in ("status", "apply"):
         await _verbose(db, config, prep.source.describe())
-    if args.command == "status":
-        rows = await runner.get_migration_status()
-        if args.json:
-            print(to_json(rows, {"database": db.display}))
-        else:
-            print(format_table(rows, verbose=args.verbose))
-        if args.exit_code and any(r.needs_attention for r in rows):
-            return int(ExitCode.PENDING)
-        return 0
+    if args.command in ("status", "down", "accept-drift"):
+        from cex_arbitrage.db.cli_schema import run_schema_command
+
+        return await run_schema_command(args, runner, prep.target, db)
     if args.command == "accept-checksum":
         version = _target(args.version, runner.catalog(), "accept-checksum") or args.version
         old = await runner.accept_checksum(version)

@@ -105,7 +105,8 @@ def test_a_malformed_file_and_bad_sql_are_findings(tmp_path: Path) -> None:
 
 
 def test_the_shipped_files_lint_clean_with_their_reasons() -> None:
-    report = lint_paths(sorted(MIGRATIONS.glob("*.sql")), FACTS)
+    shipped = [p for p in MIGRATIONS.glob("*.sql") if not p.name.endswith(".down.sql")]
+    report = lint_paths(sorted(shipped), FACTS)
     assert not report.active, [(f.file, f.line, f.rule) for f in report.active]
     assert all(f.reason for f in report.findings)
 

@@ -196,3 +196,31 @@ def test_help_and_usage_errors_do_not_load_asyncpg_or_the_runner(args: list[str]
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_write_migration_with_down_writes_both_and_the_set_holds_the_down(
+    tmp_path: Path,
+) -> None:
+    directory = a_set(tmp_path / "m", "001_a.sql")
+    path = write_migration(directory, "add_c", down=True)
+    down = directory / "002_add_c.down.sql"
+    assert path.name == "002_add_c.sql" and down.is_file()
+    catalog = load_catalog(DirectorySource(directory))
+    parsed = catalog.down_of("002")
+    assert parsed is not None and parsed.irreversible is None
+    assert len(parsed.statements) == 1 and parsed.statements[0].endswith("SELECT 1;")
+    text = down.read_text()
+    assert "-- migrate:irreversible REASON" in text  # explained, in a comment
+    assert "DELETE FROM migration_history WHERE version = '002';" in text
+
+
+def test_write_migration_with_down_writes_nothing_when_the_down_exists(tmp_path: Path) -> None:
+    directory = a_set(tmp_path / "m", "001_a.sql")
+    (directory / "002_add_c.down.sql").write_text("SELECT 1;\n")
+    with pytest.raises(ValidationError):
+        write_migration(directory, "add_c", down=True)
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "000_create_migration_infrastructure.sql",
+        "001_a.sql",
+        "002_add_c.down.sql",
+    ]

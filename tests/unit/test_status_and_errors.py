@@ -146,6 +146,8 @@ EXIT_CODES = {
     errors.ChecksumMismatchError: 4,
     errors.NotAppliedError: 4,
     errors.LintFindingsError: 4,
+    errors.IrreversibleMigrationError: 4,
+    errors.DataLossRefusedError: 4,
     errors.LockTimeoutError: 5,
     errors.MigrationLockTimeoutError: 5,
     errors.TableLockTimeoutError: 5,
@@ -188,3 +190,15 @@ def test_errors_keep_their_fields() -> None:
         "m", version="001", step=None, statement_index=None, attempts=3, blocking_pids=[7]
     )
     assert lock.blocking_pids == (7,) and lock.attempts == 3
+
+
+def test_down_refusals_keep_their_fields() -> None:
+    irreversible = errors.IrreversibleMigrationError(
+        "m", version="001", filename="001_a.down.sql", reason="why"
+    )
+    assert (irreversible.version, irreversible.filename, irreversible.reason) == (
+        "001", "001_a.down.sql", "why"
+    )  # fmt: skip
+    loss = errors.DataLossRefusedError("m", losses=[("003", "table public.t", 3)])
+    assert loss.losses == (("003", "table public.t", 3),)
+    assert loss.exit_code is errors.ExitCode.REFUSED

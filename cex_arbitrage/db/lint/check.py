@@ -67,7 +67,8 @@ def lint_paths(paths: Sequence[Path], facts: AppFacts) -> Report:
 
 def _lint_directory(directory: Path, targets: list[Path], facts: AppFacts) -> list[Finding]:
     shown = {p.name: str(p) for p in targets}
-    names = sorted({p.name for p in directory.glob("*.sql")} | set(shown))
+    migrations = {p.name for p in directory.glob("*.sql") if not p.name.endswith(".down.sql")}
+    names = sorted(migrations | set(shown))
     files = {name: _read(directory / name, shown.get(name, name)) for name in names}
     every = [s for f in files.values() for s in f.statements]
     know = Knowledge(facts, existing=set(facts.legacy_tables))

@@ -4,13 +4,17 @@ Generic: it names no table and no setting of the application; what it needs
 of one arrives as a `RunnerSettings` value. Its layers, each a module with one
 job:
 
-    model, split, parse, source, catalog   what migrations exist (no database)
-    plan, states, status                   what runs, and how it stands (no database)
-    connect, lock, history, preflight      the database seams
+    model, split, parse, parse_down,       what migrations (and their down files) exist
+    source, catalog                        (no database)
+    plan, down_plan, states, status        what runs or is undone, and how it stands
+                                           (no database)
+    connect, lock, history, preflight,     the database seams; fingerprint: the schema
+    fingerprint                            recorded after a run, for `status --drift`
     session, statements, invalid_index,    how SQL is sent: sessions, lock retry,
     parallel, failures, steps, blockers    fan-out, failures, one migration's steps,
                                            who holds a lock we timed out on
-    run                                    the core loop: plan, lock, run, record
+    run, down                              the core loops: plan, lock, run, record; and
+                                           the walk back (rehearsed, then undone)
     runner, ensure, background             the API: MigrationRunner, ensure_schema
     scaffold                               a new migration file to fill in (CLI `new`)
 

@@ -122,14 +122,41 @@ class Routine:
 
 
 @dataclasses.dataclass(frozen=True)
+class Down:
+    """A down file (`NNN_name.down.sql`): how to undo migration NNN, or why it cannot be.
+
+    A companion file, not a section of the migration: `psql -f` of the
+    migration must never run its down. It runs whole, in one transaction with
+    the deletion of the migration's history row. `irreversible` holds the
+    reason given by `-- migrate:irreversible REASON` (then there is no SQL);
+    an empty `sql` undoes nothing but the history row (e.g. a VACUUM).
+    """
+
+    version: str
+    name: str
+    filename: str
+    sql: str
+    irreversible: str | None = None
+
+    @property
+    def statements(self) -> list[str]:
+        return split_statements(self.sql)
+
+
+@dataclasses.dataclass(frozen=True)
 class Catalog:
     """A whole validated migration set: versioned files in order, and routines by name."""
 
     migrations: tuple[Migration, ...]
     routines: tuple[Routine, ...] = ()
+    downs: tuple[Down, ...] = ()
 
     def by_version(self) -> dict[str, Migration]:
         return {m.version: m for m in self.migrations}
+
+    def down_of(self, version: str) -> Down | None:
+        """The down file of `version`, or None when it has none."""
+        return next((d for d in self.downs if d.version == version), None)
 
 
 def checksum_of(text: str) -> str:

@@ -18,8 +18,9 @@ from cex_arbitrage.db.migrator.model import (
     Step,
     checksum_of,
 )
-from cex_arbitrage.db.migrator.split import split_statements, strip_leading_comments
-from cex_arbitrage.errors import MigrationFileError, TransactionControlError
+from cex_arbitrage.db.migrator.refusals import refuse_transaction_control
+from cex_arbitrage.db.migrator.split import split_statements
+from cex_arbitrage.errors import MigrationFileError
 
 FILENAME_RE = re.compile(r"^(?P<version>\d{3,})_(?P<name>[a-z0-9][a-z0-9_]*)\.sql$")
 ROUTINE_FILENAME_RE = re.compile(rf"^{ROUTINE_PREFIX}(?P<name>[a-z0-9][a-z0-9_]*)\.sql$")
@@ -30,24 +31,15 @@ _DIRECTIVE_LIKE_RE = re.compile(r"^\s*--\s*migrate\s*:", re.IGNORECASE)
 # The same for a directive without its colon (`-- migrate step x`): only a directive word
 # right after `-- migrate ` counts, so `-- migrate the data` or `-- migrated rows` stay comments.
 _DIRECTIVE_NO_COLON_RE = re.compile(
-    r"^\s*--\s*migrate\s+(?P<key>feature|depends|description|replaces|step|session|psql-only)"
+    r"^\s*--\s*migrate\s+(?P<key>feature|depends|description|replaces|irreversible|step|session"
+    r"|psql-only)"
     r"(?![\w-])",
     re.IGNORECASE,
 )
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _CHECKSUM_RE = re.compile(r"^[0-9a-f]{64}$")
-# The runner owns transactions; a top-level COMMIT in a step would commit half a migration.
-# Every spelling PostgreSQL accepts: BEGIN [WORK|TRANSACTION], START TRANSACTION,
-# COMMIT/END [AND CHAIN], ROLLBACK/ABORT (not ROLLBACK TO a savepoint), and PREPARE
-# TRANSACTION (it ends the transaction too). END closing a BEGIN ATOMIC body is part
-# of its CREATE statement (split.py), so a statement that starts with END ends a
-# transaction.
-_TRANSACTION_CONTROL_RE = re.compile(
-    r"^(?P<word>BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|PREPARE\s+TRANSACTION)\b"
-    r"(?!\s+(?:TO|PREPARED)\b)",
-    re.IGNORECASE,
-)
-_HEADER_KEYS = ("feature", "depends", "description", "replaces")
+_HEADER_KEYS = ("feature", "depends", "description", "replaces", "irreversible")
+_MIGRATION_KEYS = ("feature", "depends", "description", "replaces")
 _REPEATABLE_KEYS = ("replaces",)
 _ROUTINE_KEYS = ("feature", "description")
 _STEP_FLAGS = ("transaction:false", "background", "parallel")
@@ -72,7 +64,7 @@ class _RawStep:
 
 
 @dataclasses.dataclass
-class _Scan:
+class Scan:
     """Phase 1's result: header directives (with their lines) and raw steps."""
 
     header: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
@@ -98,9 +90,9 @@ def parse_migration(filename: str, text: str) -> Migration:
             filename=filename,
         )
     version, name = match["version"], match["name"]
-    scan = _scan(filename, text)
+    scan = scan_file(filename, text)
     steps = _validated_steps(filename, scan)
-    header = _header_values(filename, scan, _HEADER_KEYS)
+    header = header_values(filename, scan, _MIGRATION_KEYS)
     return Migration(
         version=version,
         name=name,
@@ -122,7 +114,7 @@ def parse_routine(filename: str, text: str) -> Routine:
             f"{filename}: not a routine file name; expected {ROUTINE_PREFIX}snake_case_name.sql",
             filename=filename,
         )
-    scan = _scan(filename, text)
+    scan = scan_file(filename, text)
     if len(scan.steps) != 1 or scan.steps[0].name != "main":
         raise MigrationFileError(
             f"{filename}:{scan.steps[-1].line}: a routine has no steps: it runs whole, "
@@ -131,7 +123,7 @@ def parse_routine(filename: str, text: str) -> Routine:
             line=scan.steps[-1].line,
         )
     (step,) = _validated_steps(filename, scan)
-    header = _header_values(filename, scan, _ROUTINE_KEYS)
+    header = header_values(filename, scan, _ROUTINE_KEYS)
     return Routine(
         name=match["name"],
         filename=filename,
@@ -142,10 +134,10 @@ def parse_routine(filename: str, text: str) -> Routine:
     )
 
 
-def _scan(filename: str, text: str) -> _Scan:
+def scan_file(filename: str, text: str) -> Scan:
     """Phase 1: read directives line by line into the header and raw steps."""
     text = text.removeprefix("\ufeff")  # a BOM, as psql skips it (the checksum keeps it)
-    scan = _Scan(steps=[_RawStep("main", 1)])
+    scan = Scan(steps=[_RawStep("main", 1)])
     for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
         directive = _DIRECTIVE_RE.match(line.rstrip("\r\n"))
         if directive is None and _DIRECTIVE_LIKE_RE.match(line):
@@ -192,7 +184,7 @@ def _add_line(step: _RawStep, line: str, lineno: int) -> None:
         step.first_sql_line = lineno
 
 
-def _directive(filename: str, scan: _Scan, key: str, value: str, lineno: int) -> None:
+def _directive(filename: str, scan: Scan, key: str, value: str, lineno: int) -> None:
     """Apply one directive line to the scan."""
     where = f"{filename}:{lineno}"
     current = scan.steps[-1]
@@ -237,7 +229,7 @@ def _directive(filename: str, scan: _Scan, key: str, value: str, lineno: int) ->
         )
 
 
-def _new_step(filename: str, scan: _Scan, value: str, lineno: int) -> _RawStep:
+def _new_step(filename: str, scan: Scan, value: str, lineno: int) -> _RawStep:
     """A `-- migrate:step NAME [flags]` line: check the name and flags."""
     where = f"{filename}:{lineno}"
     parts = value.split()
@@ -272,11 +264,11 @@ def _new_step(filename: str, scan: _Scan, value: str, lineno: int) -> _RawStep:
     return _RawStep(name, lineno, flags)
 
 
-def _validated_steps(filename: str, scan: _Scan) -> list[Step]:
+def _validated_steps(filename: str, scan: Scan) -> list[Step]:
     """Phase 2: refuse transaction control and empty steps; build the Step values."""
     steps: list[Step] = []
     for raw in scan.steps:
-        _refuse_transaction_control(filename, raw.sql, raw.line_numbers)
+        refuse_transaction_control(filename, raw.sql, raw.line_numbers)
         if not split_statements(raw.sql):
             if raw.name != "main":
                 raise MigrationFileError(
@@ -302,7 +294,7 @@ def _validated_steps(filename: str, scan: _Scan) -> list[Step]:
     return steps
 
 
-def _header_values(filename: str, scan: _Scan, allowed: tuple[str, ...]) -> dict[str, list[str]]:
+def header_values(filename: str, scan: Scan, allowed: tuple[str, ...]) -> dict[str, list[str]]:
     """Phase 3: the header's directives by key, refusing keys this kind of file has not."""
     values: dict[str, list[str]] = {}
     for key, value, lineno in scan.header:
@@ -360,41 +352,3 @@ def _replaces(filename: str, header: dict[str, list[str]]) -> frozenset[str]:
             )
         replaced.add(checksum)
     return frozenset(replaced)
-
-
-def _refuse_meta_command(filename: str, body: str, line: int) -> None:
-    """A psql meta-command (`\\set`) is not SQL: the server would refuse it mid-run."""
-    raise MigrationFileError(
-        f"{filename}:{line}: {body.split(None, 1)[0]} is a psql meta-command, which the runner "
-        "cannot run; remove it, or move it below `-- migrate:psql-only`, which only psql reads",
-        filename=filename,
-        line=line,
-    )
-
-
-def _refuse_transaction_control(filename: str, sql: str, line_numbers: list[int]) -> None:
-    """Refuse BEGIN/COMMIT/ROLLBACK and psql meta-commands at top level, naming the line."""
-    pos = 0
-    for statement in split_statements(sql):
-        fragment = statement[:-1]  # as it stands in `sql`, stripped, without the `;`
-        start = sql.find(fragment, pos)
-        pos = start + len(fragment)
-        body = strip_leading_comments(fragment)
-        line = line_numbers[min(sql.count("\n", 0, pos - len(body)), len(line_numbers) - 1)]
-        if body.startswith("\\"):
-            _refuse_meta_command(filename, body, line)
-        match = _TRANSACTION_CONTROL_RE.match(body)
-        if match:
-            word = " ".join(match["word"].upper().split())
-            raise TransactionControlError(
-                f"{filename}:{line}: {word} is not allowed in a migration: the runner runs "
-                "each step in a transaction of its own (a transaction:false step statement "
-                f"by statement), and {word} would end it halfway through the migration. "
-                "Remove it; put work that must commit on its own in a "
-                "`-- migrate:step NAME transaction:false` step. A manual run gets the same "
-                "by psql -1 -f of a file whose steps are all transactional (a file with "
-                "transaction:false steps runs with plain psql -f, as the README says)",
-                filename=filename,
-                line=line,
-                word=word,
-            )

@@ -150,7 +150,7 @@ def make_plan(
     """Compare files with history and decide what runs, or refuse."""
     migrations = catalog.migrations
     rows = versioned(history)
-    _refuse_unknown_rows(catalog, rows, database)
+    refuse_unknown_rows(catalog, rows, database)
     check_checksums(migrations, rows, database)
     if target is not None:
         target = _checked_target(catalog, rows, target.strip(), database)
@@ -176,7 +176,7 @@ def make_plan(
     )
 
 
-def _refuse_unknown_rows(catalog: Catalog, rows: Mapping[str, HistoryRow], database: str) -> None:
+def refuse_unknown_rows(catalog: Catalog, rows: Mapping[str, HistoryRow], database: str) -> None:
     """Phase 1: history rows no file knows: an abandoned attempt, or a newer code's work."""
     known = catalog.by_version()
     unknown = sorted(v for v in rows if v not in known)
@@ -219,8 +219,9 @@ def _checked_target(
     if above:
         raise TargetBelowAppliedError(
             f"{database}: target {target} is below what is applied already "
-            f"({', '.join(above)}); migrations only go forward (there are no "
-            "down migrations). Restore a backup to go back",
+            f"({', '.join(above)}); apply only goes forward. To go back, run "
+            f"`down --target {target}` (it undoes them, newest first, where each has a "
+            "down file), or restore a backup",
             target=target,
             applied_above=above,
         )

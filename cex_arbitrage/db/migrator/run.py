@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from cex_arbitrage.db.migrator import lock, steps
+from cex_arbitrage.db.migrator import fingerprint, lock, steps
 from cex_arbitrage.db.migrator.history import read_progress, read_state
 from cex_arbitrage.db.migrator.model import Catalog, Routine
 from cex_arbitrage.db.migrator.plan import Plan, PlannedMigration, make_plan
@@ -59,6 +59,10 @@ async def apply_plan(ctx: RunContext, catalog: Catalog, target: str | None) -> R
                 await _apply_foreground(ctx, pm, result)
             result.routines += await _apply_routines(ctx, routines_due)
             await _record_checksums(ctx, plan)
+            if result.applied or result.routines or plan.has_bookkeeping:
+                # The schema changed (or a psql run was adopted): record what it is now.
+                # Not on a boot with nothing to do: then this code is never reached.
+                await fingerprint.record(ctx.conn, ctx.applied_from)
         finally:
             ctx.release()
         result.background_pending = [pm.migration.version for pm in plan.background]
@@ -130,6 +134,8 @@ async def background_pass(
                     continue
                 await _run_background(ctx, pm, pm.migration.version in checkpoints)
                 outcome.done.append(pm.migration.version)
+            if outcome.done:  # background steps build schema too (indexes, validated constraints)
+                await fingerprint.record(ctx.conn, ctx.applied_from)
         finally:
             ctx.release()
         return outcome

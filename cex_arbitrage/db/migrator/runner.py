@@ -11,12 +11,15 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from cex_arbitrage.db.migrator import lock
 from cex_arbitrage.db.migrator.catalog import cached_catalog
 from cex_arbitrage.db.migrator.connect import owned_connection
+from cex_arbitrage.db.migrator.fingerprint import Drift, read_drift
+from cex_arbitrage.db.migrator.fingerprint import record as record_fingerprint
 from cex_arbitrage.db.migrator.history import read_history_lean, read_progress, read_state
 from cex_arbitrage.db.migrator.model import Catalog, Migration
 from cex_arbitrage.db.migrator.plan import Plan, check_checksums, make_plan, versioned
@@ -36,6 +39,9 @@ from cex_arbitrage.errors import (
     NotAppliedError,
     UnknownTargetError,
 )
+
+if TYPE_CHECKING:  # `down` loads its modules when called: apply and status do not need them
+    from cex_arbitrage.db.migrator.down import DownResult
 
 log = logging.getLogger("cex_arbitrage.migrations")
 
@@ -171,6 +177,42 @@ class MigrationRunner:
             self.settings.features,
             locks=(held.get(lock.MIGRATE_LOCK), held.get(lock.BACKGROUND_LOCK)),
         )
+
+    async def down(
+        self, target_version: str, *, allow_data_loss: bool = False, dry_run: bool = False
+    ) -> DownResult:
+        """Undo recorded migrations above `target_version`, newest first (see migrator.down).
+
+        Refused before anything is undone (ValidationError subclasses) when a
+        migration in the walk has no down file or is irreversible, or when a down
+        would drop rows and `allow_data_loss` is not set. `dry_run` plans and
+        rehearses (rolled back) and returns what would be undone and dropped.
+        """
+        from cex_arbitrage.db.migrator.down import run_down
+
+        catalog = self.catalog()
+        async with owned_connection(None, self.db_config) as conn:
+            return await run_down(
+                self._context(conn),
+                catalog,
+                target_version,
+                allow_data_loss=allow_data_loss,
+                dry_run=dry_run,
+            )
+
+    async def drift(self, conn: asyncpg.Connection | None = None) -> Drift:
+        """The schema now against the fingerprint the last run recorded (changes nothing)."""
+        async with owned_connection(conn, self.db_config) as c:
+            return await read_drift(c)
+
+    async def accept_drift(self) -> bool:
+        """Record the schema as it is now as the fingerprint; False before migration 007.
+
+        For a deliberate change outside migrations, or after a major-version upgrade
+        (the server's deparsed definitions may read differently).
+        """
+        async with owned_connection(None, self.db_config) as conn:
+            return await record_fingerprint(conn, applied_from(self.program))
 
     async def accept_checksum(self, version: str) -> str:
         """Record the current file's checksum for an applied migration (deliberate edit).

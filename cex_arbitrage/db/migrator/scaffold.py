@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cex_arbitrage.db.migrator.model import INFRASTRUCTURE_VERSION, Catalog, Migration, Routine
 from cex_arbitrage.db.migrator.parse import FILENAME_RE, parse_migration
+from cex_arbitrage.db.migrator.parse_down import parse_down
 from cex_arbitrage.db.migrator.source import DirectorySource, load_catalog
 from cex_arbitrage.errors import ConfigError, ValidationError
 
@@ -76,6 +77,35 @@ _TAIL = """\
 -- migration so that the runner sees it applied.
 SELECT migration_record_manual({arguments});
 """
+
+
+_DOWN = """\
+-- Down of migration {version}: undoes {filename}.
+--
+-- Written by `new --down`. Replace the placeholder `SELECT 1;` with SQL that
+-- undoes {filename}: `down --target V` runs this file whole, in one
+-- transaction together with the removal of the migration's history row, when
+-- its walk passes {version}. Drop what the migration created (IF EXISTS), in
+-- reverse order. A down that drops tables or columns holding rows is refused
+-- unless --allow-data-loss is given (the refusal says how many rows).
+-- If the migration cannot be undone exactly, delete the SQL and write:
+--   -- migrate:irreversible REASON
+-- (a migrate:KEY directive, like those of the migration file).
+
+SELECT 1;
+
+-- migrate:psql-only
+-- For a manual `psql -v ON_ERROR_STOP=1 -1 -f {down_filename}` run.
+DELETE FROM migration_history WHERE version = '{version}';
+"""
+
+
+def down_text(version: str, name: str) -> str:
+    """The text of a new down file (it parses as it stands)."""
+    filename = f"{version}_{name}.sql"
+    return _DOWN.format(
+        version=version, filename=filename, down_filename=f"{version}_{name}.down.sql"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,11 +246,12 @@ def write_migration(
     depends: Iterable[str] = (),
     non_transactional: bool = False,
     default_features: Iterable[str] = (),
+    down: bool = False,
 ) -> Path:
-    """Write the next migration of the set in `directory`; returns its path.
+    """Write the next migration of the set in `directory` (and its down file); returns its path.
 
     The set is read and validated first (a malformed file is refused as the
-    runner would refuse it), and again with the new file, which is created
+    runner would refuse it), and again with the new files, which are created
     exclusively: an existing file is never overwritten.
     """
     source = DirectorySource(directory)
@@ -234,16 +265,31 @@ def write_migration(
         default_features=default_features,
     )
     path = Path(directory) / new.filename
+    files = [(path, new.text)]
+    if down:
+        text = down_text(new.version, new.name)
+        down_name = f"{new.version}_{new.name}.down.sql"
+        parse_down(down_name, text)  # valid as it stands
+        files.append((Path(directory) / down_name, text))
+    written: list[Path] = []
+    try:
+        for target, text in files:
+            _write_new(target, text)
+            written.append(target)
+        load_catalog(source)
+    except (ValidationError, ConfigError):
+        for done in written:
+            done.unlink()
+        raise
+    return path
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Create `path` with `text`; never overwrite."""
     try:
         with path.open("x", encoding="utf-8", newline="\n") as handle:
-            handle.write(new.text)
+            handle.write(text)
     except FileExistsError:
         raise ValidationError(f"{path} exists already; nothing was written") from None
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        load_catalog(source)
-    except ValidationError:
-        path.unlink()
-        raise
-    return path

@@ -11,8 +11,15 @@ from importlib import resources
 from pathlib import Path, PurePath
 from typing import Protocol
 
-from cex_arbitrage.db.migrator.model import INFRASTRUCTURE_VERSION, Catalog, Migration, Routine
+from cex_arbitrage.db.migrator.model import (
+    INFRASTRUCTURE_VERSION,
+    Catalog,
+    Down,
+    Migration,
+    Routine,
+)
 from cex_arbitrage.db.migrator.parse import parse_file
+from cex_arbitrage.db.migrator.parse_down import is_down_file, parse_down, up_filename
 from cex_arbitrage.errors import (
     DuplicateVersionError,
     MigrationFileError,
@@ -99,7 +106,11 @@ def load_catalog(source: MigrationSource) -> Catalog:
     """
     migrations: list[Migration] = []
     routines: list[Routine] = []
+    downs: list[Down] = []
     for name, text in source.files():
+        if is_down_file(name):
+            downs.append(parse_down(name, text))
+            continue
         parsed = parse_file(name, text)
         if isinstance(parsed, Routine):
             routines.append(parsed)
@@ -118,12 +129,32 @@ def load_catalog(source: MigrationSource) -> Catalog:
             f"{source.describe()} has no {INFRASTRUCTURE_VERSION} migration; the history table "
             "is created by 000_create_migration_infrastructure.sql"
         )
-    return Catalog(tuple(migrations), tuple(sorted(routines, key=lambda r: r.name)))
+    _refuse_orphan_downs(migrations, downs, source)
+    return Catalog(
+        tuple(migrations),
+        tuple(sorted(routines, key=lambda r: r.name)),
+        tuple(sorted(downs, key=lambda d: (int(d.version), d.version))),
+    )
 
 
 def load_migrations(source: MigrationSource) -> list[Migration]:
     """The versioned migrations of a source, validated, in version order."""
     return list(load_catalog(source).migrations)
+
+
+def _refuse_orphan_downs(
+    migrations: list[Migration], downs: list[Down], source: MigrationSource
+) -> None:
+    """A down file names the migration it undoes; one that names none is a typo or a leftover."""
+    filenames = {m.filename for m in migrations}
+    for down in downs:
+        if up_filename(down) not in filenames:
+            raise MigrationFileError(
+                f"{down.filename}: no migration {up_filename(down)} to undo "
+                f"({source.describe()}); a down file is named like its migration, with "
+                ".down.sql for .sql",
+                filename=down.filename,
+            )
 
 
 def _refuse_duplicates(migrations: list[Migration], source: MigrationSource) -> None:

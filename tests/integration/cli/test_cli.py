@@ -50,7 +50,11 @@ JSON_FIELDS = {
 
 def package_versions() -> list[str]:
     """Versions of the migrations shipped in the package, as the runner orders them."""
-    versions = [p.name.split("_", 1)[0] for p in PACKAGE_DIR.glob("[0-9]*.sql")]
+    versions = [
+        p.name.split("_", 1)[0]
+        for p in PACKAGE_DIR.glob("[0-9]*.sql")
+        if not p.name.endswith(".down.sql")
+    ]
     return sorted(versions, key=lambda v: (int(v), v))
 
 
@@ -171,7 +175,7 @@ async def test_apply_records_every_migration_and_status_table_shows_it(
     for version, row in rows.items():
         assert row["state"] in ("applied", "background"), (version, dict(row))
         assert row["execution_ms"] is not None and row["execution_ms"] >= 0
-        (path,) = PACKAGE_DIR.glob(f"{version}_*.sql")
+        (path,) = (p for p in PACKAGE_DIR.glob(f"{version}_*.sql") if ".down." not in p.name)
         assert row["checksum"] == sha256_lf(path)
         assert row["applied_by"] == db.user
 

@@ -40,6 +40,7 @@ def test_new_writes_a_pending_migration_that_applies(db: DatabaseConfig, tmp_pat
     )
     assert new.returncode == 0, explain(new)
     highest = max(int(p.name.split("_", 1)[0]) for p in SHIPPED.glob("[0-9]*.sql"))
+    # (a down file shares its migration's version)
     version = f"{highest + 1:03d}"
     written = directory / f"{version}_add_order_index.sql"
     assert new.stdout.strip() == str(written) and written.is_file()

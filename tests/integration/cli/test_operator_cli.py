@@ -214,7 +214,9 @@ async def test_target_and_dry_run_outside_apply_are_usage_errors(
     for command in (("status",), ("background",), ("accept-checksum", "000")):
         result = run_cli(*command, "--dry-run")
         refused(
-            result, ExitCode.USAGE, f"--dry-run is for the apply command only, not {command[0]}"
+            result,
+            ExitCode.USAGE,
+            f"--dry-run is for the apply and down commands only, not {command[0]}",
         )
     assert await applied(db) is None
 

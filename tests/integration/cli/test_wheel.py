@@ -191,6 +191,7 @@ async def test_installed_cli_applies_and_reports_from_outside_the_repo(
     # The installed files are byte-for-byte the checkout's: same checksums.
     for r in rows:
         v = r["version"]
-        (path,) = PACKAGE_DIR.glob(f"{v}.sql" if v.startswith("R__") else f"{v}_*.sql")
+        pattern = f"{v}.sql" if v.startswith("R__") else f"{v}_*.sql"
+        (path,) = (p for p in PACKAGE_DIR.glob(pattern) if ".down." not in p.name)
         text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
         assert r["checksum"] == hashlib.sha256(text.encode()).hexdigest(), path.name

@@ -256,3 +256,25 @@ async def test_unreachable_database_at_boot_fails_after_the_wait(tmp_path: Path)
     assert "127.0.0.1:1" in info.value.message and "boot_wait_timeout" in info.value.message
     assert any("not reachable yet" in line for line in lines)
     assert info.value.exit_code == ExitCode.CONNECT
+
+
+async def test_boot_records_the_fingerprint_after_applying_and_after_background_only(
+    conn: asyncpg.Connection, db: DatabaseConfig
+) -> None:
+    """The shipped set: the foreground records, the background task records again (its
+    indexes are schema too), and a boot with nothing to do records nothing."""
+    first = await ensure_schema(conn, features={"trade_collection": True}, config=db)
+    assert "007" in first.applied and first.background is not None
+    recorded = "SELECT max(recorded_at) AS at, count(*) AS n FROM migration_schema_fingerprint"
+    after_foreground = await conn.fetchrow(recorded)
+    index = (
+        "SELECT count(*) FROM migration_schema_fingerprint "
+        "WHERE name = 'public.idx_trades_pair_time'"
+    )
+    await first.background.wait()
+    after_background = await conn.fetchrow(recorded)
+    assert after_background["at"] > after_foreground["at"]
+    assert await conn.fetchval(index) == 1  # built by a background step, recorded after it
+    again = await ensure_schema(conn, features={"trade_collection": True}, config=db)
+    assert again.applied == [] and again.background is None
+    assert await conn.fetchrow(recorded) == after_background

@@ -51,7 +51,11 @@ INSERT INTO applied_count VALUES ('003', 1)
 
 
 def package_versions() -> list[str]:
-    versions = [p.name.split("_", 1)[0] for p in PACKAGE_DIR.glob("[0-9]*.sql")]
+    versions = [
+        p.name.split("_", 1)[0]
+        for p in PACKAGE_DIR.glob("[0-9]*.sql")
+        if not p.name.endswith(".down.sql")
+    ]
     return sorted(versions, key=lambda v: (int(v), v))
 
 

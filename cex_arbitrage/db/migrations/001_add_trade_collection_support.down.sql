@@ -1,0 +1,24 @@
+-- Down of migration 001: there is none; it cannot be undone exactly.
+--
+-- What a down would have to restore, and why it cannot:
+--   * On an empty database 001 created `trades` and `book_ticker_snapshots`
+--     (hypertables with TimescaleDB); on a legacy database they were there
+--     with their rows. Nothing records which, so a down cannot know whether
+--     to drop them or keep them.
+--   * It may have created the roles cex.app_role / cex.readonly_role
+--     (cluster-wide, shared by every database) and granted on them; nothing
+--     records whether they existed before.
+--   * It moved replayed duplicate trades out of `trades` into
+--     trades_duplicates_removed. Moving them back into a table that has
+--     taken writes since (new rows, replays kept out by uq_trades_dedup)
+--     does not give the table that was there, and the writers of this
+--     version rely on uq_trades_dedup for ON CONFLICT.
+--   * Its backfill rewrote every legacy row (base/quote split); rows written
+--     since carry values only the new columns hold (quote_quantity,
+--     is_buyer, is_maker).
+-- Going back means a backup taken before 001 was applied.
+--
+-- migrate:irreversible it created or adopted trades and book_ticker_snapshots (nothing records which), may have created cluster-wide roles, archived duplicate trades out of a table that has taken writes since, and rewrote every legacy row; restore a backup taken before 001
+
+-- migrate:psql-only
+DO $$ BEGIN RAISE EXCEPTION 'migration 001 is irreversible (see the comment in this file)'; END $$;
