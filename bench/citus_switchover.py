@@ -13,7 +13,8 @@ Builds `trades` in its post-001 shape with the primary key moved to
 runs create_distributed_table_concurrently (or the blocking
 create_distributed_table) by symbol_base while a writer inserts 100 trades
 every 100 ms (1,000/s) as the collectors do (one multi-row INSERT ... ON
-CONFLICT DO NOTHING per batch). Prints the batch latency before, during and
+CONFLICT DO NOTHING per batch; CEX_BENCH_GROUP=1: one INSERT per base, in
+one transaction). Prints the batch latency before, during and
 after, the slowest batch and when it happened, and checks no row was lost.
 """
 
@@ -59,6 +60,23 @@ ON CONFLICT (exchange, symbol_base, symbol_quote, trade_id, "timestamp")
 BASES = ["BTC", "ETH", "SOL", "XRP", "DOGE", "BNB", "ALT1", "ALT2", "ALT3", "ALT4"]
 
 
+async def insert_batch(conn: asyncpg.Connection, ids: list[str], bases: list[str]) -> None:
+    """One batch in one transaction; CEX_BENCH_GROUP=1 sends one INSERT per base.
+
+    Grouped, each INSERT names one distribution value, so Citus can route it
+    to one shard instead of pulling the rows to the coordinator first.
+    """
+    if not os.environ.get("CEX_BENCH_GROUP"):
+        await conn.execute(INSERT, ids, bases)
+        return
+    groups: dict[str, list[str]] = {}
+    for trade_id, base in zip(ids, bases, strict=True):
+        groups.setdefault(base, []).append(trade_id)
+    async with conn.transaction():
+        for base, group in groups.items():
+            await conn.execute(INSERT, group, [base] * len(group))
+
+
 async def writer(
     dsn: str, stop: asyncio.Event, out: list[tuple[float, float]], errors: list[tuple[float, str]]
 ) -> int:
@@ -71,7 +89,7 @@ async def writer(
             ids = [f"live{sent + i}" for i in range(100)]
             start = time.perf_counter()
             try:
-                await conn.execute(INSERT, ids, [BASES[(sent + i) % 10] for i in range(100)])
+                await insert_batch(conn, ids, [BASES[(sent + i) % 10] for i in range(100)])
             except asyncpg.PostgresError as exc:
                 errors.append((start, str(exc)))  # the batch is retried, as a collector would
                 continue
