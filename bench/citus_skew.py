@@ -4,7 +4,7 @@ Not part of the test suite; the numbers go into docs/citus.md. Needs a
 Citus-enabled database on a coordinator with its workers registered, named
 by CEX_CITUS_DSN (the repository's citus-newdb tool makes one):
 
-    CEX_CITUS_DSN=postgresql://acc:secret@localhost:5440/skew \\
+    CEX_CITUS_DSN=postgresql://USER:PASSWORD@COORDINATOR:5440/skew \\
         .venv/bin/python -m bench.citus_skew [rows]
 
 It generates `rows` trades (default 1,000,000) with the symbol mix below into

@@ -5,7 +5,7 @@ Citus-enabled database named by CEX_CITUS_DSN, and NO other distribution
 running on the cluster (a second create_distributed_table_concurrently waits
 forever):
 
-    CEX_CITUS_DSN=postgresql://acc:secret@localhost:5440/sw \\
+    CEX_CITUS_DSN=postgresql://USER:PASSWORD@COORDINATOR:5440/sw \\
         .venv/bin/python -m bench.citus_switchover [rows] [concurrently|blocking]
 
 Builds `trades` in its post-001 shape with the primary key moved to
