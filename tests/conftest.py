@@ -132,3 +132,33 @@ def run_cli(cli_env: dict[str, str], tmp_path: Path) -> CliRunner:
         return run_cli_process(list(args), env if env is not None else cli_env, cwd or tmp_path)
 
     return run
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the version-matrix subset (tests/support/matrix.py) `matrix`.
+
+    A listed test missing from a module that was collected is an error: a
+    rename must not drop it from the matrix unnoticed.
+    """
+    from tests.support.matrix import MATRIX_TESTS
+
+    seen: set[tuple[str, str]] = set()
+    collected_files: set[str] = set()
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        collected_files.add(path)
+        name = getattr(item, "originalname", item.name)
+        if name in MATRIX_TESTS.get(path, ()):
+            item.add_marker(pytest.mark.matrix)
+            seen.add((path, name))
+    missing = [
+        f"{path}::{name}"
+        for path, names in MATRIX_TESTS.items()
+        if path in collected_files
+        for name in names
+        if (path, name) not in seen
+    ]
+    if missing:
+        raise pytest.UsageError(
+            "tests/support/matrix.py lists tests that do not exist: " + ", ".join(missing)
+        )
