@@ -5,8 +5,8 @@ the supported majors (a newer, untested one is a warning), a standby or a
 read-only default (default_transaction_read_only), a user that may not create
 objects. Warns about what would slow or block a migration: INVALID indexes
 from an earlier interrupted build, and long open transactions that a DDL lock
-would queue behind (while queued, that lock
-request blocks the collectors' inserts; lock_timeout bounds it).
+would queue behind (while queued, that lock request blocks the collectors'
+inserts; lock_timeout bounds it).
 """
 
 from __future__ import annotations
