@@ -94,9 +94,12 @@ def _fetch(version: str, home: Path) -> None:
         package = staging / "package"
         _hydrate_symlinks(package)
         (package / _DONE).write_text(version + "\n")
-        if home.exists():  # a concurrent fetch won; ours goes with the temp dir
-            return
-        os.rename(package, home)
+        try:
+            os.rename(package, home)
+        except OSError:
+            if not (home / _DONE).exists():
+                raise
+            # A concurrent fetch won; ours goes with the temp dir.
 
 
 def _hydrate_symlinks(package: Path) -> None:
