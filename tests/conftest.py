@@ -142,21 +142,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     from tests.support.matrix import MATRIX_TESTS
 
-    seen: set[tuple[str, str]] = set()
-    collected_files: set[str] = set()
+    modules: dict[str, object] = {}
     for item in items:
         path = item.nodeid.split("::", 1)[0]
-        collected_files.add(path)
-        name = getattr(item, "originalname", item.name)
-        if name in MATRIX_TESTS.get(path, ()):
+        modules.setdefault(path, getattr(item, "module", None))
+        if getattr(item, "originalname", item.name) in MATRIX_TESTS.get(path, ()):
             item.add_marker(pytest.mark.matrix)
-            seen.add((path, name))
     missing = [
         f"{path}::{name}"
-        for path, names in MATRIX_TESTS.items()
-        if path in collected_files
-        for name in names
-        if (path, name) not in seen
+        for path, module in modules.items()
+        if module is not None
+        for name in MATRIX_TESTS.get(path, ())
+        if not hasattr(module, name)
     ]
     if missing:
         raise pytest.UsageError(
