@@ -18,7 +18,8 @@ what happened, to which migration and database, and what to do next.
     │   ├── DatabaseAheadError          history rows no file knows (newer code ran)
     │   ├── AbandonedAttemptError       an unfinished attempt whose file is gone
     │   ├── ChecksumMismatchError       an applied file was edited
-    │   └── NotAppliedError             accept-checksum of a migration not applied
+    │   ├── NotAppliedError             accept-checksum of a migration not applied
+    │   └── LintFindingsError           `lint` found unsuppressed findings
     ├── LockTimeoutError     (5)        a lock not obtained in time
     │   ├── MigrationLockTimeoutError   the runner's advisory lock (holder named)
     │   └── TableLockTimeoutError       a table lock, after retries (blocking pids)
@@ -42,7 +43,7 @@ class ExitCode(enum.IntEnum):
     MIGRATION_FAILED = 1  # SQL failed; the migration was rolled back (or resumable)
     USAGE = 2  # bad arguments or configuration
     CONNECT = 3  # cannot reach or authenticate to the server
-    REFUSED = 4  # validation refused: checksum, dependency, target, duplicate, format
+    REFUSED = 4  # validation refused: checksum, dependency, target, duplicate, format, lint
     LOCK_TIMEOUT = 5  # advisory or table lock not obtained in time
     PENDING = 6  # status --exit-code: something pending, failed or drifted
     PERMISSION = 7  # pre-flight: missing privilege or unsupported server
@@ -115,7 +116,7 @@ class MissingDependencyError(ValidationError):
 
 
 class UnknownTargetError(ValidationError):
-    """`--target` names a version no file has."""
+    """`--target` (or accept-checksum's VERSION) names a version no file has."""
 
     def __init__(self, message: str, *, target: str, known: Sequence[str]) -> None:
         super().__init__(message)
@@ -164,6 +165,15 @@ class NotAppliedError(ValidationError):
     def __init__(self, message: str, *, version: str) -> None:
         super().__init__(message)
         self.version = version
+
+
+class LintFindingsError(ValidationError):
+    """`migrate lint` found findings that no suppression accepts: the files are refused."""
+
+    def __init__(self, message: str, *, findings: int, files: Sequence[str]) -> None:
+        super().__init__(message)
+        self.findings = findings
+        self.files = tuple(files)
 
 
 class LockTimeoutError(MigrationError):

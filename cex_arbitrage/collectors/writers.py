@@ -27,6 +27,11 @@ from typing import Generic, Protocol, TypeVar
 
 import asyncpg
 
+from cex_arbitrage.collectors.columns import (
+    BATCH_LOG_COLUMNS,
+    BOOK_TICKER_COLUMNS,
+    TRADE_COLUMNS,
+)
 from cex_arbitrage.collectors.connections import (
     BATCH_LOG_PKEY,
     ConnectFactory,
@@ -56,33 +61,8 @@ R_contra = TypeVar("R_contra", contravariant=True)
 # --- named queries ---------------------------------------------------------
 
 _BATCH_RECORDED = "SELECT rows FROM ingest_batch_log WHERE batch_id = $1"
-_RECORD_BATCH = "INSERT INTO ingest_batch_log (batch_id, table_name, rows) VALUES ($1, $2, $3)"
+_RECORD_BATCH = f"INSERT INTO ingest_batch_log ({', '.join(BATCH_LOG_COLUMNS)}) VALUES ($1, $2, $3)"
 
-BOOK_TICKER_COLUMNS = (
-    "timestamp",
-    "exchange",
-    "symbol_base",
-    "symbol_quote",
-    "bid_price",
-    "bid_qty",
-    "ask_price",
-    "ask_qty",
-)
-
-TRADE_COLUMNS = (
-    "timestamp",
-    "exchange",
-    "symbol",
-    "symbol_base",
-    "symbol_quote",
-    "price",
-    "quantity",
-    "side",
-    "trade_id",
-    "quote_quantity",
-    "is_buyer",
-    "is_maker",
-)
 _TRADE_LIST = ", ".join(f'"{column}"' for column in TRADE_COLUMNS)
 _TRADE_STAGE = "cex_stage_trades"
 # The staging table takes its column types from `trades` itself, so it follows

@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
-
-import yaml
+from typing import cast
 
 from cex_arbitrage.config.connection import _SECRET_KEYS
 from cex_arbitrage.config.values import (
@@ -25,29 +23,6 @@ CONFIG_ENV = "CEX_CONFIG"
 
 DEFAULT_CONFIG_NAME = "config.yaml"
 
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice (YAML would keep the last silently)."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[object] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-            continue
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                "while reading a mapping",
-                node.start_mark,
-                f"found the key '{key}' twice",
-                key_node.start_mark,
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 _TOKEN = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(:-(.*))?", re.DOTALL)
@@ -123,20 +98,11 @@ def _read_yaml(file: Path, label: str) -> dict[str, object]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(f"{label}: cannot read the config file: {reason}") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        place = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = exc.problem or "malformed"
-        context = f" ({exc.context}" if exc.context else ""
-        start = exc.context_mark
-        if context and start is not None and (mark is None or start.line != mark.line):
-            context += f" that starts at line {start.line + 1}"
-        context += ")" if context else ""
-        raise ConfigError(f"{label}: {place}invalid YAML: {problem}{context}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{label}: invalid YAML: {exc}") from None
+    # PyYAML is imported only when there is a file to read: most runs have
+    # none, and the import is a good part of the CLI's start-up.
+    from cex_arbitrage.config.yaml_parse import parse_yaml
+
+    data = parse_yaml(text, label)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -16,6 +16,11 @@ COMMANDS = {
     "background": "run unfinished background steps (backfills) here",
     "accept-checksum": "VERSION: record the checksum of a deliberately edited file",
     "new": "NAME: write the next migration file, NNN_NAME.sql, to fill in (no database)",
+    "lint": "[FILES...]: safety rules for migrations on live tables (no database;\n"
+    + " " * 19
+    + "default: the whole set; --json; `-- lint:ignore RULE reason` suppresses;\n"
+    + " " * 19
+    + "needs the lint extra: pip install 'cex-arbitrage[lint]'; docs/lint.md)",
 }
 EMBEDDED_DIR_ENV = "CEX_EMBEDDED_DIR"
 MIGRATIONS_DIR_ENV = "CEX_MIGRATIONS_DIR"
@@ -34,7 +39,7 @@ connection (each layer overrides only the fields it sets):
   data in ./.cex-pgdata (or ${embedded}); it needs the [embedded] extra."""
 
 _EPILOG = """exit codes: 0 ok, 1 migration failed, 2 usage/config, 3 cannot connect,
-  4 refused (checksum/dependency/target/migration files), 5 lock timeout,
+  4 refused (checksum/dependency/target/migration files, lint findings), 5 lock timeout,
   6 pending or drifted (status --exit-code), 7 pre-flight (privilege/server),
   8 interrupted."""
 
@@ -42,7 +47,7 @@ _EPILOG = """exit codes: 0 ok, 1 migration failed, 2 usage/config, 3 cannot conn
 # silently; `--exit-code` or `--json` without `status` even applied migrations.
 _ONLY_FOR: dict[str, tuple[str, tuple[str, ...]]] = {
     "exit_code": ("--exit-code", ("status",)),
-    "json": ("--json", ("status",)),
+    "json": ("--json", ("status", "lint")),
     "target": ("--target", ("apply",)),
     "dry_run": ("--dry-run", ("apply",)),
     "no_background": ("--no-background", ("apply",)),
@@ -66,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command", nargs="?", default="apply", choices=list(COMMANDS), help="see commands above"
     )
-    parser.add_argument("version", nargs="?", help="VERSION for accept-checksum, NAME for new")
+    parser.add_argument(
+        "version", nargs="?", help="VERSION for accept-checksum, NAME for new, a FILE for lint"
+    )
+    parser.add_argument("files", nargs="*", metavar="FILES", help="lint: more files")
     parser.add_argument("--config", help="config file (default: $CEX_CONFIG or ./config.yaml)")
     parser.add_argument(
         "--target", metavar="VERSION", help="apply: up to this version only (1 means 001)"
@@ -82,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="config source, server, extensions, user; per-step timings",
     )
-    parser.add_argument("--json", action="store_true", help="status: print JSON")
+    parser.add_argument("--json", action="store_true", help="status, lint: print JSON")
     parser.add_argument(
         "--exit-code",
         action="store_true",
@@ -101,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--migrations-dir",
         metavar="DIR",
         help=f"use the migrations in DIR instead of the package's (also ${MIGRATIONS_DIR_ENV}); "
-        "new writes there",
+        "new writes there, lint reads all of it",
     )
     _add_new_options(parser)
     return parser
@@ -139,8 +147,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Refuse an argument the command would ignore (ConfigError: a usage error)."""
     if args.command in _ARGUMENT and not args.version:
         raise ConfigError(f"{args.command} needs {_ARGUMENT[args.command]}")
-    if args.version and args.command not in _ARGUMENT:
-        raise ConfigError(f"unexpected argument {args.version!r}")
+    stray = [a for a in (args.version, *args.files) if a]
+    if args.command in _ARGUMENT:
+        stray = args.files
+    if stray and args.command != "lint":
+        raise ConfigError(f"unexpected argument {stray[0]!r}")
     if args.no_background and args.wait_background:
         raise ConfigError("--wait-background and --no-background contradict each other")
     for attr, (option, commands) in _ONLY_FOR.items():

@@ -18,7 +18,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# Only the argument parser loads up front: `--help`, usage errors and `new` need no
+# Only the argument parser loads up front: `--help`, usage errors, `new` and `lint` need no
 # config, asyncpg or runner; each command imports what it uses.
 from cex_arbitrage.db.cli_args import (
     COMMANDS as COMMANDS,
@@ -89,7 +89,7 @@ def _source(args: argparse.Namespace) -> MigrationSource:
     return DirectorySource(path)
 
 
-def _target(target: str | None, catalog: Catalog) -> str | None:
+def _target(target: str | None, catalog: Catalog, label: str = "--target") -> str | None:
     """`--target 1` is version 001 when exactly one file's version has that value."""
     versions = [m.version for m in catalog.migrations]
     if target is None or target.strip() in versions or not re.fullmatch(r"\s*[0-9]+\s*", target):
@@ -97,7 +97,7 @@ def _target(target: str | None, catalog: Catalog) -> str | None:
     same = [v for v in versions if int(v) == int(target)]
     if len(same) != 1:
         return target  # unknown or ambiguous: the runner refuses it, listing the versions
-    _err(f"--target {target}: version {same[0]}")
+    _err(f"{label} {target}: version {same[0]}")
     return same[0]
 
 
@@ -153,6 +153,7 @@ async def _verbose_report(db: DatabaseConfig, config: AppConfig, source: str) ->
     try:
         pre = await run_preflight(conn, db.display, MIGRATED_TABLES)
         print(f"server:     PostgreSQL {pre.server_version_text}")
+        print(f"cluster:    {pre.citus.describe() if pre.citus else 'single server (no Citus)'}")
         print(f"user:       {pre.user}")
         print(f"extensions: {', '.join(pre.extensions) or 'none'}")
         for warning in pre.warnings:
@@ -187,15 +188,16 @@ async def _run(args: argparse.Namespace, prep: _Prepared, db: DatabaseConfig) ->
             return int(ExitCode.PENDING)
         return 0
     if args.command == "accept-checksum":
-        old = await runner.accept_checksum(args.version)
-        if old == runner.catalog().by_version()[args.version].checksum:
+        version = _target(args.version, runner.catalog(), "accept-checksum") or args.version
+        old = await runner.accept_checksum(version)
+        if old == runner.catalog().by_version()[version].checksum:
             print(
-                f"{db.display}: the recorded checksum of version {args.version} already "
+                f"{db.display}: the recorded checksum of version {version} already "
                 "matches the file; nothing changed"
             )
             return 0
         print(
-            f"{db.display}: recorded the current checksum of version {args.version} "
+            f"{db.display}: recorded the current checksum of version {version} "
             f"(was {old[:12] or 'none'}…)"
         )
         return 0
@@ -301,7 +303,8 @@ async def _until_signal(work: Coroutine[Any, Any, int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        # intermixed: `lint --json A.sql B.sql` and `accept-checksum --config C 001` alike
+        args = parser.parse_intermixed_args(argv)
         _check_arguments(args)
     except SystemExit as exc:
         return int(exc.code or 0) and int(ExitCode.USAGE)
@@ -309,12 +312,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         _err(f"error: {exc.message}")
         return int(exc.exit_code)
-    if args.command == "new":
-        from cex_arbitrage.db.cli_new import run_new
-
+    if args.command in ("new", "lint"):
         try:
+            if args.command == "lint":
+                from cex_arbitrage.db.cli_lint import run_lint
+
+                return run_lint(args)
+            from cex_arbitrage.db.cli_new import run_new
+
             return run_new(args)
         except MigrationError as exc:
+            if isinstance(exc, ConfigError):
+                parser.print_usage(sys.stderr)
             _err(f"error: {exc.message}")
             return int(exc.exit_code)
     server = None

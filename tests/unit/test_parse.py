@@ -480,3 +480,22 @@ def test_session_directive_marks_the_next_statement_of_a_non_transactional_step(
 def test_session_directive_in_a_transactional_step_is_refused() -> None:
     with pytest.raises(ValidationError, match=r"001_s.sql:2: migrate:session only belongs"):
         parse_migration("001_s.sql", "SELECT 1;\n-- migrate:session\nSET x.y = 1;\n")
+
+
+def test_a_byte_order_mark_neither_hides_the_first_directive_nor_reaches_the_server() -> None:
+    text = "\ufeff-- migrate:feature trade_collection\nCREATE TABLE t (id int);\n"
+    m = parse_migration("001_t.sql", text)
+    assert m.feature == "trade_collection"
+    assert not m.steps[0].statements[0].startswith("\ufeff")
+    assert m.checksum == checksum_of(text)  # of the file as it is
+
+
+def test_the_catalog_cache_notices_an_upper_case_sql_file_added_later(tmp_path: Path) -> None:
+    from cex_arbitrage.db.migrator.catalog import cached_catalog
+
+    (tmp_path / "000_infra.sql").write_text("SELECT 1;\n")
+    source = DirectorySource(tmp_path)
+    assert [m.version for m in cached_catalog(source).migrations] == ["000"]
+    (tmp_path / "001_more.SQL").write_text("SELECT 2;\n")
+    with pytest.raises(ValidationError, match=r"001_more\.SQL"):
+        cached_catalog(source)

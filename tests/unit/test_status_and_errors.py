@@ -104,6 +104,7 @@ EXIT_CODES = {
     errors.AbandonedAttemptError: 4,
     errors.ChecksumMismatchError: 4,
     errors.NotAppliedError: 4,
+    errors.LintFindingsError: 4,
     errors.LockTimeoutError: 5,
     errors.MigrationLockTimeoutError: 5,
     errors.TableLockTimeoutError: 5,

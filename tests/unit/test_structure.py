@@ -7,7 +7,9 @@ Layering, one line each (an upward import fails here, naming the file):
 - Config depends on the runner (for RunnerSettings), never the reverse.
 - Collectors do not import the runner, config or the engine.
 - The embedded server imports only errors and db.structs.
-And the runner names no table of the application.
+- The linter (`cex_arbitrage.db.lint`) imports only errors and the runner (its file
+  parser); the runner never imports the linter, and only the CLI's `lint` command does.
+And neither the runner nor the linter names a table of the application.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "cex_arbitrage.db.migrator": ("cex_arbitrage.errors", "cex_arbitrage.db.structs"),
     "cex_arbitrage.collectors": ("cex_arbitrage.errors",),
     "cex_arbitrage.embedded": ("cex_arbitrage.errors", "cex_arbitrage.db.structs"),
+    "cex_arbitrage.db.lint": ("cex_arbitrage.errors", "cex_arbitrage.db.migrator"),
     "cex_arbitrage.config": (
         "cex_arbitrage.errors",
         "cex_arbitrage.db.structs",
@@ -89,10 +92,11 @@ def test_layer_imports_only_what_is_below_it(layer: str) -> None:
     assert not offenders, "\n".join(offenders)
 
 
-def test_runner_names_no_table_of_the_application() -> None:
+@pytest.mark.parametrize("package", ["migrator", "lint"])
+def test_runner_and_linter_name_no_table_of_the_application(package: str) -> None:
     tables = ("trades", "book_ticker_snapshots", "ingest_batch_log", "trades_duplicates_removed")
     offenders = []
-    for path in _modules(PACKAGE / "db" / "migrator"):
+    for path in _modules(PACKAGE / "db" / package):
         text = path.read_text(encoding="utf-8")
         for table in tables:
             if re.search(rf"\b{table}\b", text):
@@ -124,7 +128,25 @@ def test_no_function_over_the_size_limit() -> None:
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
 
 
-@pytest.mark.parametrize("package", ["cex_arbitrage.db.migrator", "cex_arbitrage.db.migrations"])
+def test_only_the_lint_command_imports_the_linter() -> None:
+    importers = {
+        str(path.relative_to(PACKAGE.parent))
+        for path in _modules()
+        if not _within(_dotted(path), "cex_arbitrage.db.lint")
+        and any(_within(name, "cex_arbitrage.db.lint") for name in _imports(path))
+    }
+    assert importers == {"cex_arbitrage/db/cli_lint.py"}
+
+
+@pytest.mark.parametrize(
+    "package",
+    [
+        "cex_arbitrage.db.migrator",
+        "cex_arbitrage.db.migrations",
+        "cex_arbitrage.db.lint",
+        "cex_arbitrage.collectors",
+    ],
+)
 def test_public_face_exports_what_it_lists(package: str) -> None:
     import importlib
 

@@ -52,6 +52,7 @@
 -- migrate:feature trade_collection
 -- migrate:depends 000
 -- migrate:replaces 300d1f099be0beb6195ba7e6cab0d89b0577584cd8d481a47bd2a4a16a0138e3 0.3.0's 001: same schema steps; its functions step moved to the R__trade_* routines, the archive table stays here as step archive_table
+-- migrate:replaces fa432004001e4ca35eb48de0391f94c92087c8eb48898b1e595cfc6b2b560e98 001 as shipped with the migrator package: same steps and schema; the OHLCV definition moved to R__trade_aggregates and the constraint list to R__trade_helpers (one copy each)
 -- migrate:description Trade collection: symbol_base/symbol_quote on trades, dedup, indexes, OHLCV aggregates, grants
 
 -- migrate:step tables
@@ -100,11 +101,11 @@ DECLARE
     t text;
     is_empty boolean;
 BEGIN
-    IF cex_timescaledb_version() IS NULL THEN
+    IF cex_migration.timescaledb_version() IS NULL THEN
         RETURN;
     END IF;
     FOREACH t IN ARRAY ARRAY['book_ticker_snapshots', 'trades'] LOOP
-        CONTINUE WHEN cex_is_hypertable(t::regclass);
+        CONTINUE WHEN cex_migration.is_hypertable(t::regclass);
         EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM %I)', t) INTO is_empty;
         IF is_empty THEN
             PERFORM create_hypertable(t::regclass, 'timestamp', if_not_exists => TRUE);
@@ -182,12 +183,12 @@ COMMENT ON TABLE trades_duplicates_removed IS
 -- first in name lookup), is indexed instead, and is dropped right after. On a
 -- plain table there is no temporary table and the statement builds the
 -- index without blocking writes.
-CALL cex_create_hypertable_index('trades', 'uq_trades_dedup', true,
+CALL cex_migration.create_hypertable_index('trades', 'uq_trades_dedup', true,
     '(exchange, symbol_base, symbol_quote, trade_id, "timestamp") WHERE trade_id IS NOT NULL');
 -- migrate:session
 DO $$
 BEGIN
-    IF cex_is_hypertable('trades') THEN
+    IF cex_migration.is_hypertable('trades') THEN
         CREATE TEMP TABLE IF NOT EXISTS trades (LIKE trades);
     END IF;
 END
@@ -206,20 +207,15 @@ $$;
 -- migrate:step write_path
 -- Constraints first (they take ACCESS EXCLUSIVE for a moment, covering the
 -- trigger's lock too), NOT VALID: new rows are checked at once, old rows are
--- validated in the background. Then the trigger for legacy writers.
+-- validated in the background. Their one list is cex_migration.trade_constraints() in
+-- R__trade_helpers.sql. Then the trigger for legacy writers.
 DO $$
 DECLARE
     missing text;
 BEGIN
     SELECT string_agg(format('ADD CONSTRAINT %I %s NOT VALID', v.name, v.definition), ', ')
     INTO missing
-    FROM (VALUES
-        ('trades_side_check',            $c$CHECK (side IN ('buy', 'sell'))$c$),
-        ('trades_symbol_parts_check',    $c$CHECK ((symbol_base IS NULL) = (symbol_quote IS NULL))$c$),
-        ('trades_price_positive',        $c$CHECK (price > 0)$c$),
-        ('trades_quantity_positive',     $c$CHECK (quantity > 0)$c$),
-        ('trades_quote_quantity_not_negative', $c$CHECK (quote_quantity >= 0)$c$)
-    ) AS v(name, definition)
+    FROM cex_migration.trade_constraints() AS v
     WHERE NOT EXISTS (SELECT 1 FROM pg_constraint
                       WHERE conrelid = 'trades'::regclass AND conname = v.name);
     IF missing IS NOT NULL THEN
@@ -238,127 +234,12 @@ END
 $$;
 
 -- migrate:step aggregates
--- OHLCV per exchange and pair at 1 minute and 1 hour. With TimescaleDB:
--- continuous aggregates, created WITH NO DATA (allowed in a transaction
--- block; WITH DATA is not) and filled by the background step; real-time
--- (materialized_only = false) so they answer like the plain views; the 1 hour
--- one is built on the 1 minute one (hierarchical, TimescaleDB 2.9+). On plain
--- PostgreSQL: views with the same names, columns and answers. open/close are
--- the first/last price by time (ties: first(), last() pick any; the plain
--- views pick the lowest/highest id). notional = sum(price * quantity) makes
--- the hourly vwap exact from the minute rows.
-DO $$
-BEGIN
-    IF cex_is_hypertable('trades') THEN
-        IF to_regclass('trades_ohlcv_1m') IS NULL THEN
-            CREATE MATERIALIZED VIEW trades_ohlcv_1m
-            WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
-            SELECT time_bucket(INTERVAL '1 minute', "timestamp") AS bucket,
-                   exchange, symbol_base, symbol_quote,
-                   first(price, "timestamp") AS open,
-                   max(price) AS high,
-                   min(price) AS low,
-                   last(price, "timestamp") AS close,
-                   sum(quantity) AS volume,
-                   sum(coalesce(quote_quantity, price * quantity)) AS quote_volume,
-                   sum(price * quantity) AS notional,
-                   count(*) AS trade_count,
-                   coalesce(sum(quantity) FILTER (WHERE side = 'buy'), 0) AS buy_volume,
-                   coalesce(sum(quantity) FILTER (WHERE side = 'sell'), 0) AS sell_volume,
-                   sum(price * quantity) / nullif(sum(quantity), 0) AS vwap
-            FROM trades
-            WHERE symbol_base IS NOT NULL
-            GROUP BY 1, exchange, symbol_base, symbol_quote
-            WITH NO DATA;
-        END IF;
-        IF to_regclass('trades_ohlcv_1h') IS NULL AND cex_timescaledb_version() >= 209 THEN
-            CREATE MATERIALIZED VIEW trades_ohlcv_1h
-            WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
-            SELECT time_bucket(INTERVAL '1 hour', bucket) AS bucket,
-                   exchange, symbol_base, symbol_quote,
-                   first(open, bucket) AS open,
-                   max(high) AS high,
-                   min(low) AS low,
-                   last(close, bucket) AS close,
-                   sum(volume) AS volume,
-                   sum(quote_volume) AS quote_volume,
-                   sum(notional) AS notional,
-                   sum(trade_count)::bigint AS trade_count,
-                   sum(buy_volume) AS buy_volume,
-                   sum(sell_volume) AS sell_volume,
-                   sum(notional) / nullif(sum(volume), 0) AS vwap
-            FROM trades_ohlcv_1m
-            GROUP BY 1, exchange, symbol_base, symbol_quote
-            WITH NO DATA;
-        ELSIF to_regclass('trades_ohlcv_1h') IS NULL THEN
-            CREATE MATERIALIZED VIEW trades_ohlcv_1h
-            WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
-            SELECT time_bucket(INTERVAL '1 hour', "timestamp") AS bucket,
-                   exchange, symbol_base, symbol_quote,
-                   first(price, "timestamp") AS open,
-                   max(price) AS high,
-                   min(price) AS low,
-                   last(price, "timestamp") AS close,
-                   sum(quantity) AS volume,
-                   sum(coalesce(quote_quantity, price * quantity)) AS quote_volume,
-                   sum(price * quantity) AS notional,
-                   count(*) AS trade_count,
-                   coalesce(sum(quantity) FILTER (WHERE side = 'buy'), 0) AS buy_volume,
-                   coalesce(sum(quantity) FILTER (WHERE side = 'sell'), 0) AS sell_volume,
-                   sum(price * quantity) / nullif(sum(quantity), 0) AS vwap
-            FROM trades
-            WHERE symbol_base IS NOT NULL
-            GROUP BY 1, exchange, symbol_base, symbol_quote
-            WITH NO DATA;
-        END IF;
-        -- Keep the recent past materialised; older changes (late trades, the
-        -- backfill) are picked up by the background refresh step.
-        PERFORM add_continuous_aggregate_policy('trades_ohlcv_1m',
-            start_offset => INTERVAL '3 hours', end_offset => INTERVAL '1 minute',
-            schedule_interval => INTERVAL '1 minute', if_not_exists => true);
-        PERFORM add_continuous_aggregate_policy('trades_ohlcv_1h',
-            start_offset => INTERVAL '3 days', end_offset => INTERVAL '1 hour',
-            schedule_interval => INTERVAL '30 minutes', if_not_exists => true);
-    ELSE
-        -- date_bin with time_bucket's default origin (2000-01-03, a Monday) gives the same buckets.
-        CREATE OR REPLACE VIEW trades_ohlcv_1m AS
-        SELECT date_bin(INTERVAL '1 minute', "timestamp", TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
-               exchange, symbol_base, symbol_quote,
-               (array_agg(price ORDER BY "timestamp", id))[1] AS open,
-               max(price) AS high,
-               min(price) AS low,
-               (array_agg(price ORDER BY "timestamp" DESC, id DESC))[1] AS close,
-               sum(quantity) AS volume,
-               sum(coalesce(quote_quantity, price * quantity)) AS quote_volume,
-               sum(price * quantity) AS notional,
-               count(*) AS trade_count,
-               coalesce(sum(quantity) FILTER (WHERE side = 'buy'), 0) AS buy_volume,
-               coalesce(sum(quantity) FILTER (WHERE side = 'sell'), 0) AS sell_volume,
-               sum(price * quantity) / nullif(sum(quantity), 0) AS vwap
-        FROM trades
-        WHERE symbol_base IS NOT NULL
-        GROUP BY 1, exchange, symbol_base, symbol_quote;
-
-        CREATE OR REPLACE VIEW trades_ohlcv_1h AS
-        SELECT date_bin(INTERVAL '1 hour', "timestamp", TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
-               exchange, symbol_base, symbol_quote,
-               (array_agg(price ORDER BY "timestamp", id))[1] AS open,
-               max(price) AS high,
-               min(price) AS low,
-               (array_agg(price ORDER BY "timestamp" DESC, id DESC))[1] AS close,
-               sum(quantity) AS volume,
-               sum(coalesce(quote_quantity, price * quantity)) AS quote_volume,
-               sum(price * quantity) AS notional,
-               count(*) AS trade_count,
-               coalesce(sum(quantity) FILTER (WHERE side = 'buy'), 0) AS buy_volume,
-               coalesce(sum(quantity) FILTER (WHERE side = 'sell'), 0) AS sell_volume,
-               sum(price * quantity) / nullif(sum(quantity), 0) AS vwap
-        FROM trades
-        WHERE symbol_base IS NOT NULL
-        GROUP BY 1, exchange, symbol_base, symbol_quote;
-    END IF;
-END
-$$;
+-- OHLCV per exchange and pair at 1 minute and 1 hour: continuous aggregates
+-- with TimescaleDB (created empty, filled by the background step
+-- refresh_aggregates), views with the same names, columns and answers on
+-- plain PostgreSQL. The one definition of their columns is in the routine
+-- R__trade_aggregates.sql.
+CALL cex_migration.create_trade_aggregates();
 
 -- migrate:step grants
 -- cex.app_role writes, cex.readonly_role reads (docs/migration-files.md,
@@ -403,11 +284,11 @@ $$;
 
 -- migrate:step backfill transaction:false background parallel
 -- Every session of the step CALLs it; they share out the chunks.
-CALL cex_backfill_trade_symbols();
+CALL cex_migration.backfill_trade_symbols();
 
 -- migrate:step validate_constraints transaction:false background
 ANALYZE trades;
-CALL cex_validate_trade_constraints();
+CALL cex_migration.validate_trade_constraints();
 
 -- migrate:step query_indexes transaction:false background
 -- Over the backfilled columns, so built after the backfill (once, and without
@@ -420,14 +301,14 @@ SELECT set_config('max_parallel_maintenance_workers', least(
     current_setting('max_parallel_maintenance_workers')::integer,
     greatest(coalesce(nullif(current_setting('cex.parallel_sessions', true), ''), '2')::integer - 1, 0)
 )::text, false);
-CALL cex_create_hypertable_index('trades', 'idx_trades_pair_time', false,
+CALL cex_migration.create_hypertable_index('trades', 'idx_trades_pair_time', false,
     '(symbol_base, symbol_quote, "timestamp" DESC)');
-CALL cex_create_hypertable_index('trades', 'idx_trades_exchange_time', false,
+CALL cex_migration.create_hypertable_index('trades', 'idx_trades_exchange_time', false,
     '(exchange, "timestamp" DESC)');
 -- migrate:session
 DO $$
 BEGIN
-    IF cex_is_hypertable('trades') THEN
+    IF cex_migration.is_hypertable('trades') THEN
         CREATE TEMP TABLE IF NOT EXISTS trades (LIKE trades);
     END IF;
 END
@@ -446,7 +327,7 @@ $$;
 RESET max_parallel_maintenance_workers;
 
 -- migrate:step refresh_aggregates transaction:false background
-CALL cex_refresh_trade_aggregates();
+CALL cex_migration.refresh_trade_aggregates();
 
 -- migrate:psql-only
 SELECT migration_record_manual('001', 'add_trade_collection_support', 'trade_collection');

@@ -12,26 +12,29 @@
 -- migrate:feature trade_collection
 -- migrate:description 001's constraint validation and first aggregate refresh
 
+-- 001's helpers live in the schema cex_migration, out of the application's
+-- way (docs/schema.md, "Helper functions and procedures").
+CREATE SCHEMA IF NOT EXISTS cex_migration;
+
 -- VALIDATE the constraints the foreground part added NOT VALID: a scan that
 -- holds SHARE UPDATE EXCLUSIVE, which inserts do not wait for. A constraint
 -- that old rows violate stays NOT VALID (new rows are still checked), with a
 -- WARNING and a note in migration_progress ('001', 'validate_constraints'):
 -- the rows are not changed behind the operator's back.
-CREATE OR REPLACE PROCEDURE cex_validate_trade_constraints()
+CREATE OR REPLACE PROCEDURE cex_migration.validate_trade_constraints()
 LANGUAGE plpgsql AS $$
 DECLARE
     c record;
     outcome text;
 BEGIN
     INSERT INTO migration_progress (version, task, rows_done, rows_total)
-    VALUES ('001', 'validate_constraints', 0, 5)
+    VALUES ('001', 'validate_constraints', 0, (SELECT count(*) FROM cex_migration.trade_constraints()))
     ON CONFLICT (version, task) DO NOTHING;
     COMMIT;
     FOR c IN
         SELECT conname FROM pg_constraint
         WHERE conrelid = 'trades'::regclass AND contype = 'c' AND NOT convalidated
-          AND conname IN ('trades_side_check', 'trades_symbol_parts_check', 'trades_price_positive',
-                          'trades_quantity_positive', 'trades_quote_quantity_not_negative')
+          AND conname IN (SELECT name FROM cex_migration.trade_constraints())
         ORDER BY conname
     LOOP
         BEGIN
@@ -59,10 +62,10 @@ $$;
 -- First materialisation of the continuous aggregates (history, including
 -- what the backfill just split), up to the last complete bucket: the current
 -- bucket stays in the real-time part. Nothing to do for plain views.
-CREATE OR REPLACE PROCEDURE cex_refresh_trade_aggregates()
+CREATE OR REPLACE PROCEDURE cex_migration.refresh_trade_aggregates()
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT cex_is_hypertable('trades') THEN
+    IF NOT cex_migration.is_hypertable('trades') THEN
         RAISE NOTICE 'migration 001: trades_ohlcv_1m/1h are plain views on a plain table; nothing to refresh';
         RETURN;
     END IF;
@@ -71,7 +74,7 @@ BEGIN
     -- batch; TimescaleDB's default batch of 10 buckets makes a history of
     -- minute buckets crawl, so from 2.22 on (the `options` argument) a batch
     -- is a day of minutes / a week of hours.
-    IF cex_timescaledb_version() >= 222 THEN
+    IF cex_migration.timescaledb_version() >= 222 THEN
         CALL refresh_continuous_aggregate('trades_ohlcv_1m', NULL, now() - INTERVAL '1 minute',
                                           options => '{"buckets_per_batch": 1440}');
         CALL refresh_continuous_aggregate('trades_ohlcv_1h', NULL, now() - INTERVAL '1 hour',

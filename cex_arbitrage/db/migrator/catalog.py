@@ -25,7 +25,7 @@ def _key(source: MigrationSource) -> tuple[object, ...] | None:
         stats = sorted(
             (p.name, p.stat().st_mtime_ns, p.stat().st_size)
             for p in source.path.iterdir()
-            if p.suffix == ".sql"
+            if p.suffix.lower() == ".sql"  # a .SQL file added later is refused, not missed
         )
         return ("directory", str(source.path.resolve()), tuple(stats))
     return None  # another kind of source: read it every time

@@ -1,9 +1,8 @@
 """Parse one migration or routine file: name, header directives, steps, statements.
 
-The format is documented in docs/migration-files.md. Directives are SQL
-comments (`-- migrate:KEY VALUE`), so every file stays a plain psql script.
-Parsing runs in named phases: the file name, a line scan into header and raw
-steps, step validation, then the header's values.
+Format: docs/migration-files.md. Directives are SQL comments (`-- migrate:KEY VALUE`),
+so every file stays a plain psql script. Phases: the file name, a line scan into
+header and raw steps, step validation, then the header's values.
 """
 
 from __future__ import annotations
@@ -57,12 +56,13 @@ _KNOWN = ", ".join((*_HEADER_KEYS, "step", "session", "psql-only"))
 
 @dataclasses.dataclass
 class _RawStep:
-    """A step as scanned, before validation."""
+    """A step as scanned, before validation; `line_numbers`: each of `lines`' file line."""
 
     name: str
     line: int
     flags: tuple[str, ...] = ()
     lines: list[str] = dataclasses.field(default_factory=list)
+    line_numbers: list[int] = dataclasses.field(default_factory=list)
     first_sql_line: int = 0
     session: set[int] = dataclasses.field(default_factory=set)
 
@@ -144,6 +144,7 @@ def parse_routine(filename: str, text: str) -> Routine:
 
 def _scan(filename: str, text: str) -> _Scan:
     """Phase 1: read directives line by line into the header and raw steps."""
+    text = text.removeprefix("\ufeff")  # a BOM, as psql skips it (the checksum keeps it)
     scan = _Scan(steps=[_RawStep("main", 1)])
     for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
         directive = _DIRECTIVE_RE.match(line.rstrip("\r\n"))
@@ -185,6 +186,7 @@ def _refuse_missing_colon(filename: str, line: str, lineno: int) -> None:
 
 def _add_line(step: _RawStep, line: str, lineno: int) -> None:
     step.lines.append(line)
+    step.line_numbers.append(lineno)
     stripped = line.strip()
     if not step.first_sql_line and stripped and not stripped.startswith("--"):
         step.first_sql_line = lineno
@@ -274,8 +276,7 @@ def _validated_steps(filename: str, scan: _Scan) -> list[Step]:
     """Phase 2: refuse transaction control and empty steps; build the Step values."""
     steps: list[Step] = []
     for raw in scan.steps:
-        first_line = raw.line + 1 if raw.name != "main" else 1
-        _refuse_transaction_control(filename, raw.sql, first_line)
+        _refuse_transaction_control(filename, raw.sql, raw.line_numbers)
         if not split_statements(raw.sql):
             if raw.name != "main":
                 raise MigrationFileError(
@@ -360,17 +361,30 @@ def _replaces(filename: str, header: dict[str, list[str]]) -> frozenset[str]:
     return frozenset(replaced)
 
 
-def _refuse_transaction_control(filename: str, sql: str, first_line: int) -> None:
-    """Refuse BEGIN/COMMIT/ROLLBACK at top level, naming the line."""
+def _refuse_meta_command(filename: str, body: str, line: int) -> None:
+    """A psql meta-command (`\\set`) is not SQL: the server would refuse it mid-run."""
+    raise MigrationFileError(
+        f"{filename}:{line}: {body.split(None, 1)[0]} is a psql meta-command, which the runner "
+        "cannot run (it sends SQL to the server); remove it, or move it below "
+        "`-- migrate:psql-only`, which only psql reads",
+        filename=filename,
+        line=line,
+    )
+
+
+def _refuse_transaction_control(filename: str, sql: str, line_numbers: list[int]) -> None:
+    """Refuse BEGIN/COMMIT/ROLLBACK and psql meta-commands at top level, naming the line."""
     pos = 0
     for statement in split_statements(sql):
         fragment = statement[:-1]  # as it stands in `sql`, stripped, without the `;`
         start = sql.find(fragment, pos)
         pos = start + len(fragment)
         body = strip_leading_comments(fragment)
+        line = line_numbers[min(sql.count("\n", 0, pos - len(body)), len(line_numbers) - 1)]
+        if body.startswith("\\"):
+            _refuse_meta_command(filename, body, line)
         match = _TRANSACTION_CONTROL_RE.match(body)
         if match:
-            line = first_line + sql.count("\n", 0, pos - len(body))
             word = " ".join(match["word"].upper().split())
             raise TransactionControlError(
                 f"{filename}:{line}: {word} is not allowed in a migration: the runner runs "

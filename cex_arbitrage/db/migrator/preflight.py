@@ -2,11 +2,11 @@
 
 Refuses (exit code 7) what would certainly fail halfway: a server older than
 the supported majors (a newer, untested one is a warning), a standby or a
-read-only default (default_transaction_read_only), a user that may not create
-objects. Warns about what would slow or block a migration: INVALID indexes
-from an earlier interrupted build, and long open transactions that a DDL lock
-would queue behind (while queued, that lock request blocks the collectors'
-inserts; lock_timeout bounds it).
+read-only default (default_transaction_read_only), a Citus worker node
+(cluster.py), a user that may not create objects. Warns about what would slow
+or block a migration: INVALID indexes from an earlier interrupted build, and
+long open transactions that a DDL lock would queue behind (while queued, that
+lock request blocks the collectors' inserts; lock_timeout bounds it).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from cex_arbitrage.db.migrator.cluster import CitusNode, detect_citus, refuse_worker
 from cex_arbitrage.errors import PreflightError
 
 # The majors the migrations are tested on (README, "Supported PostgreSQL versions").
@@ -68,6 +69,7 @@ class Preflight:
     extensions: tuple[str, ...]
     invalid_indexes: tuple[str, ...]
     warnings: tuple[str, ...]
+    citus: CitusNode | None = None  # None: not a Citus node
 
 
 def check_server_version(database: str, version_num: int, version_text: str) -> str | None:
@@ -134,6 +136,9 @@ async def run_preflight(
         warnings.append(untested)
     user = row["usr"]
     _refuse_read_only(row, database, user)
+    citus = await detect_citus(conn, tuple(row["extensions"]))
+    if citus is not None:
+        refuse_worker(citus, database)
     if not row["is_superuser"]:
         if not row["can_create_in_public"]:
             raise PreflightError(
@@ -168,4 +173,5 @@ async def run_preflight(
         extensions=tuple(row["extensions"]),
         invalid_indexes=invalid,
         warnings=tuple(warnings),
+        citus=citus,
     )

@@ -25,7 +25,11 @@ from cex_arbitrage.db.migrator.settings import RunnerSettings
 from cex_arbitrage.db.migrator.source import MigrationSource
 from cex_arbitrage.db.migrator.status import MigrationStatus, collect_status
 from cex_arbitrage.db.structs import DatabaseConfig
-from cex_arbitrage.errors import MigrationError, NotAppliedError, ValidationError
+from cex_arbitrage.errors import (
+    MigrationError,
+    NotAppliedError,
+    UnknownTargetError,
+)
 
 log = logging.getLogger("cex_arbitrage.migrations")
 
@@ -166,7 +170,12 @@ class MigrationRunner:
         catalog = self.catalog()
         m = catalog.by_version().get(version)
         if m is None:
-            raise ValidationError(f"{database}: no migration file has version {version!r}")
+            raise UnknownTargetError(
+                f"{database}: no migration file has version {version!r}; known versions: "
+                f"{', '.join(catalog.by_version()) or 'none'}",
+                target=version,
+                known=list(catalog.by_version()),
+            )
         async with owned_connection(None, self.db_config) as conn:
             state = await read_state(conn)
             row = state.history.get(version)

@@ -32,15 +32,14 @@ def concurrent_index_name(statement: str) -> str | None:
 
 
 def strip_leading_comments(sql: str) -> str:
-    """The statement without the comments and blank lines before it."""
+    """The statement without the comments and blank lines before it (block comments nest)."""
     out = sql.lstrip()
     while out.startswith("--") or out.startswith("/*"):
         if out.startswith("--"):
             nl = out.find("\n")
             out = "" if nl < 0 else out[nl + 1 :].lstrip()
         else:
-            end = out.find("*/")
-            out = "" if end < 0 else out[end + 2 :].lstrip()
+            out = out[_after_block_comment(out, 0) :].lstrip()
     return out
 
 
@@ -56,28 +55,10 @@ def split_statements(sql: str) -> list[str]:
     statements: list[str] = []
     i, start, n = 0, 0, len(sql)
     while i < n:
-        ch = sql[i]
-        if ch == "-" and sql.startswith("--", i):
-            nl = sql.find("\n", i)
-            i = n if nl < 0 else nl + 1
-        elif ch == "/" and sql.startswith("/*", i):
-            i = _after_block_comment(sql, i)
-        elif ch == "'":
-            i = _after_string(sql, i)
-        elif ch == '"':
-            end = sql.find('"', i + 1)
-            while end >= 0 and sql.startswith('""', end):
-                end = sql.find('"', end + 2)
-            i = n if end < 0 else end + 1
-        elif ch == "$" and (i == 0 or not _ident_char(sql[i - 1])):
-            match = _DOLLAR_TAG_RE.match(sql, i)
-            if match:
-                tag = match.group(0)
-                end = sql.find(tag, i + len(tag))
-                i = n if end < 0 else end + len(tag)
-            else:
-                i += 1
-        elif ch == ";":
+        skipped = _after_quoted(sql, i)
+        if skipped is not None:
+            i = skipped
+        elif sql[i] == ";":
             if not _inside_atomic_body(sql[start:i]):
                 _append(statements, sql[start:i])
                 start = i + 1
@@ -87,6 +68,46 @@ def split_statements(sql: str) -> list[str]:
             i = n if special is None else special.start()
     _append(statements, sql[start:])
     return statements
+
+
+def _after_quoted(sql: str, i: int) -> int | None:
+    """The index after the comment, string, quoted identifier or dollar quote at i, if one is."""
+    ch, n = sql[i], len(sql)
+    if ch == "-" and sql.startswith("--", i):
+        nl = sql.find("\n", i)
+        return n if nl < 0 else nl + 1
+    if ch == "/" and sql.startswith("/*", i):
+        return _after_block_comment(sql, i)
+    if ch == "'":
+        return _after_string(sql, i)
+    if ch == '"':
+        end = sql.find('"', i + 1)
+        while end >= 0 and sql.startswith('""', end):
+            end = sql.find('"', end + 2)
+        return n if end < 0 else end + 1
+    if ch == "$" and (i == 0 or not _ident_char(sql[i - 1])):
+        match = _DOLLAR_TAG_RE.match(sql, i)
+        if match:
+            tag = match.group(0)
+            end = sql.find(tag, i + len(tag))
+            return n if end < 0 else end + len(tag)
+    return None
+
+
+def _code_only(sql: str) -> str:
+    """`sql` with every comment, string, quoted identifier and dollar quote blanked."""
+    parts: list[str] = []
+    i, kept, n = 0, 0, len(sql)
+    while i < n:
+        skipped = _after_quoted(sql, i)
+        if skipped is not None:
+            parts += [sql[kept:i], " "]
+            i = kept = skipped
+        else:
+            special = _SPECIAL_RE.search(sql, i + 1)
+            i = n if special is None else special.start()
+    parts.append(sql[kept:])
+    return "".join(parts)
 
 
 def _after_block_comment(sql: str, i: int) -> int:
@@ -122,11 +143,6 @@ def _after_string(sql: str, i: int) -> int:
 _ROUTINE_START_RE = re.compile(
     r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE)\b", re.IGNORECASE
 )
-# Quoted text and comments, blanked before counting BEGIN/CASE/END words.
-_NOT_CODE_RE = re.compile(
-    r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\$(\w*)\$.*?\$\1\$",
-    re.DOTALL,
-)
 _BLOCK_WORD_RE = re.compile(r"\b(BEGIN|CASE|END)\b", re.IGNORECASE)
 
 
@@ -138,7 +154,7 @@ def _inside_atomic_body(fragment: str) -> bool:
     if not _ROUTINE_START_RE.match(strip_leading_comments(fragment)):
         return False
     depth = 0
-    for word in _BLOCK_WORD_RE.findall(_NOT_CODE_RE.sub(" ", fragment)):
+    for word in _BLOCK_WORD_RE.findall(_code_only(fragment)):
         word = word.upper()
         if word == "BEGIN" or (word == "CASE" and depth > 0):
             depth += 1

@@ -378,6 +378,7 @@ database:
         assert re.search(r"^config: .*config\.yaml.*DATABASE_URL", result.stdout, re.M), text
         assert f"database:   {db.user}:***@{db.host}:{db.port}/{db.database}" in result.stdout
         assert re.search(r"^server:\s+PostgreSQL \d+", result.stdout, re.M), text
+        assert re.search(r"^cluster:\s+single server \(no Citus\)$", result.stdout, re.M), text
         assert re.search(rf"^user:\s+{db.user}$", result.stdout, re.M), text
         assert re.search(r"^extensions:\s+.*plpgsql", result.stdout, re.M), text
     # The file's database section won over DATABASE_URL: the test database was migrated.
@@ -659,6 +660,12 @@ async def test_edited_applied_migration_is_refused_with_the_way_out_then_accepte
     assert after is not None
     assert after["001"]["checksum"] == sha256_lf(edited) != before["001"]["checksum"]
     assert after["002"]["checksum"] == before["002"]["checksum"]
+
+    # `1` is version 001, as with --target; accepting again changes nothing
+    repeated = run_cli("accept-checksum", "1", "--migrations-dir", str(small_set))
+    assert repeated.returncode == ExitCode.OK, explain(repeated)
+    assert "accept-checksum 1: version 001" in repeated.stderr
+    assert "already matches the file; nothing changed" in repeated.stdout
 
     again = run_cli("--migrations-dir", str(small_set))
     assert again.returncode == ExitCode.OK, explain(again)

@@ -730,7 +730,7 @@ async def test_killed_cli_resumes_to_the_result_of_an_uninterrupted_run(
             await conn.fetchval(
                 "SELECT count(*) FROM trades t WHERE t.id > $1 AND t.id <= $2 "
                 "AND t.symbol_base IS NOT NULL AND NOT EXISTS ("
-                "  SELECT 1 FROM cex_backfill_chunks c WHERE c.done AND t.id > c.lo "
+                "  SELECT 1 FROM cex_migration.backfill_chunks c WHERE c.done AND t.id > c.lo "
                 "  AND t.id <= c.hi)",
                 int(stopped["position"]),
                 facts.max_id,

@@ -132,7 +132,7 @@ async def start_backfill_psql(
     """psql CALLing the backfill in small, paced batches, for a test to act on midway."""
     options = f"-c cex.backfill_batch_size={batch_size} -c cex.backfill_sleep_ms={sleep_ms}"
     return await asyncio.create_subprocess_exec(
-        "psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "CALL cex_backfill_trade_symbols()",
+        "psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "CALL cex_migration.backfill_trade_symbols()",
         env=pg_env(config, {"PGOPTIONS": options}),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -310,7 +310,7 @@ async def test_backfill_resumes_after_its_session_is_killed(db: DatabaseConfig) 
         assert result.returncode == 0, result.stderr
         await assert_legacy_outcome(conn, data)
         # once done, a further CALL is a no-op
-        result = await run_psql(db, sql="CALL cex_backfill_trade_symbols()")
+        result = await run_psql(db, sql="CALL cex_migration.backfill_trade_symbols()")
         assert result.returncode == 0 and "done" in result.stderr
     finally:
         await conn.close()
@@ -334,7 +334,7 @@ async def test_backfill_left_half_done_by_the_previous_procedure_is_finished(
     counters."""
     data = await legacy_after_foreground(db)
     # Half a backfill by one session, then its state put back into the old shape.
-    result = await run_psql(db, sql="CALL cex_backfill_trade_symbols(1000)", timeout=120)
+    result = await run_psql(db, sql="CALL cex_migration.backfill_trade_symbols(1000)", timeout=120)
     assert result.returncode == 0, result.stderr
     conn = await connect(db)
     try:
@@ -523,8 +523,8 @@ async def test_trades_replayed_while_the_backfill_runs_are_archived(db: Database
         assert detail["duplicates_archived"] == len(removed) + len(replays)
         assert detail["chunks_redone"] >= 1  # a same-time replay met uq_trades_dedup
         # the set-up's work tables are gone
-        assert await conn.fetchval("SELECT to_regclass('cex_backfill_chunks')") is None
-        assert await conn.fetchval("SELECT to_regclass('cex_backfill_dup_ids')") is None
+        assert await conn.fetchval("SELECT to_regclass('cex_migration.backfill_chunks')") is None
+        assert await conn.fetchval("SELECT to_regclass('cex_migration.backfill_dup_ids')") is None
     finally:
         await conn.close()
 
@@ -737,7 +737,7 @@ async def test_timescale_every_chunk_has_the_dedup_index_and_writers_work(
     await exercise_writes_between_foreground_and_background(ts_db, data)
     conn = await connect(ts_db)
     try:
-        await conn.execute("CALL cex_refresh_trade_aggregates()")
+        await conn.execute("CALL cex_migration.refresh_trade_aggregates()")
         await assert_aggregates(conn, data)
     finally:
         await conn.close()

@@ -10,6 +10,7 @@ backfill with them.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -44,19 +45,29 @@ RELEASE_0_3_0 = "76fce883bdd97afff8eec8597ecd0507efddf119"
 RELEASED_001_CHECKSUM = "300d1f099be0beb6195ba7e6cab0d89b0577584cd8d481a47bd2a4a16a0138e3"
 
 
-def released_001() -> str:
-    """The 0.3.0 file from git history (a fresh clone has it); skip where there is no history."""
+# The commit of the migrator-package release: routines kept the backfill's counters in
+# migration_progress.detail only (no typed counter tables yet).
+RELEASE_MIGRATOR = "2f047cd"
+MIGRATOR_001_CHECKSUM = "fa432004001e4ca35eb48de0391f94c92087c8eb48898b1e595cfc6b2b560e98"
+
+
+def released_file(commit: str, name: str) -> str:
+    """A shipped file as COMMIT had it (a fresh clone has the history); skip without it."""
     if shutil.which("git") is None or not (REPO / ".git").exists():
-        pytest.skip("needs the git history of the checkout for the released 0.3.0 file")
-    path = "cex_arbitrage/db/migrations/001_add_trade_collection_support.sql"
+        pytest.skip("needs the git history of the checkout for released files")
     shown = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{RELEASE_0_3_0}:{path}"],
+        ["git", "-C", str(REPO), "show", f"{commit}:cex_arbitrage/db/migrations/{name}"],
         capture_output=True,
         text=True,
     )
     if shown.returncode != 0:
         pytest.skip(f"the release commit is not in this clone's history: {shown.stderr.strip()}")
     return shown.stdout
+
+
+def released_001() -> str:
+    """The 0.3.0 file, whose 001 still installed its procedures itself."""
+    return released_file(RELEASE_0_3_0, MIGRATION_001.name)
 
 
 def test_current_001_declares_it_replaces_the_released_file() -> None:
@@ -71,13 +82,34 @@ def test_current_001_declares_it_replaces_the_released_file() -> None:
     assert [s.name for s in old.background_steps] == [s.name for s in current.background_steps]
 
 
-async def _half_done_backfill_of_released_001(db: DatabaseConfig, text: str, work: Path) -> None:
-    """000 by psql, the released 001's foreground recorded as its runner did, half a backfill."""
+async def public_helpers(conn: asyncpg.Connection) -> list[str]:
+    """The cex_ functions and procedures left in public."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace "
+        "AND proname LIKE 'cex\\_%' ORDER BY proname"
+    )
+    return [r["proname"] for r in rows]
+
+
+async def _half_done_backfill_of_released_001(
+    db: DatabaseConfig,
+    text: str,
+    work: Path,
+    checksum: str = RELEASED_001_CHECKSUM,
+    routines: tuple[str, ...] = (),
+) -> None:
+    """000 by psql (then ROUTINES, the released routine files), the released 001's
+    foreground recorded as its runner did, half a backfill, killed."""
     result = await run_psql(db, file=MIGRATION_000)
     assert result.returncode == 0, result.stderr
     # On PostgreSQL 13 no 001 ran without date_bin from this routine (a no-op from 14 on).
     result = await run_psql(db, file=MIGRATIONS / "R__compat_date_bin.sql")
     assert result.returncode == 0, result.stderr
+    for n, routine in enumerate(routines):
+        path = work / f"released_routine_{n}.sql"
+        path.write_text(routine)
+        result = await run_psql(db, file=path)
+        assert result.returncode == 0, result.stderr
     old = parse_migration(MIGRATION_001.name, text)
     script = []
     for step in old.foreground_steps:
@@ -88,7 +120,7 @@ async def _half_done_backfill_of_released_001(db: DatabaseConfig, text: str, wor
     script.append(
         "INSERT INTO migration_history (version, name, feature, checksum, state, steps_done, "
         f"applied_from) VALUES ('001', '{old.name}', 'trade_collection', "
-        f"'{RELEASED_001_CHECKSUM}', 'background', {len(old.foreground_steps)}, 'cex-migrate');\n"
+        f"'{checksum}', 'background', {len(old.foreground_steps)}, 'cex-migrate');\n"
     )
     foreground = work / "released_001_foreground.sql"
     foreground.write_text("".join(script))
@@ -102,7 +134,7 @@ async def _half_done_backfill_of_released_001(db: DatabaseConfig, text: str, wor
     )  # fmt: skip
     conn = await asyncpg.connect(**db.connect_kwargs())
     try:
-        for _ in range(600):
+        for _ in range(2400):  # 2 minutes: the set-up scans the table first (a busy CI machine)
             done = await conn.fetchval(
                 "SELECT rows_done FROM migration_progress WHERE version = '001' "
                 "AND task = 'backfill_symbols'"
@@ -166,8 +198,11 @@ async def _released_001_field_case(db: DatabaseConfig, tmp_path: Path, hypertabl
         for path in ROUTINES:
             key = path.name.removesuffix(".sql")
             assert rows[key]["checksum"] == checksum_of(path.read_text()), key
+        # the released bodies in public are gone; the helpers live in cex_migration
+        assert await public_helpers(conn) == ["cex_split_symbol", "cex_trades_fill_symbol_parts"]
         body = await conn.fetchval(
-            "SELECT prosrc FROM pg_proc WHERE proname = 'cex_backfill_trade_symbols'"
+            "SELECT prosrc FROM pg_proc WHERE proname = 'backfill_trade_symbols' "
+            "AND pronamespace = 'cex_migration'::regnamespace"
         )
         assert "this bug is fixed" not in body
         await assert_legacy_outcome(conn, data)
@@ -175,6 +210,52 @@ async def _released_001_field_case(db: DatabaseConfig, tmp_path: Path, hypertabl
         await conn.close()
     status = run_cli_process(["status", "--exit-code"], pg_env(db), tmp_path)
     assert status.returncode == ExitCode.OK, status.stdout + status.stderr
+
+
+async def test_backfill_half_done_with_counters_in_json_resumes_with_typed_counters(
+    db: DatabaseConfig, tmp_path: Path
+) -> None:
+    """The migrator-package release kept the backfill's counters in migration_progress.detail
+    only; its half-done backfill resumes with the counter tables seeded from that detail,
+    and the final counts are those of the whole table."""
+    names = ("R__migration_functions.sql", "R__trade_helpers.sql", "R__trade_symbols.sql",
+             "R__trade_backfill.sql", "R__trade_maintenance.sql")  # fmt: skip
+    routines = tuple(released_file(RELEASE_MIGRATOR, n) for n in names)
+    text = released_file(RELEASE_MIGRATOR, MIGRATION_001.name)
+    assert checksum_of(text) == MIGRATOR_001_CHECKSUM
+    data = make_legacy_dataset(20_000)
+    await prepare_legacy(db, data)
+    await _half_done_backfill_of_released_001(
+        db, text, tmp_path, checksum=MIGRATOR_001_CHECKSUM, routines=routines
+    )
+    conn = await asyncpg.connect(**db.connect_kwargs())
+    try:
+        assert await conn.fetchval("SELECT to_regclass('cex_backfill_chunks')") is not None
+        assert await conn.fetchval("SELECT to_regclass('cex_backfill_totals')") is None
+
+        result = run_cli_process([], pg_env(db), tmp_path)
+
+        assert result.returncode == ExitCode.OK, result.stderr
+        await assert_legacy_outcome(conn, data)
+        progress = await conn.fetchrow(
+            "SELECT rows_done, done, detail FROM migration_progress "
+            "WHERE version = '001' AND task = 'backfill_symbols'"
+        )
+        detail = json.loads(progress["detail"])
+        assert progress["done"] and progress["rows_done"] == len(data.by_id)
+        archived = await conn.fetchval("SELECT count(*) FROM trades_duplicates_removed")
+        unsplit = await conn.fetchval("SELECT count(*) FROM trades WHERE symbol_base IS NULL")
+        split = await conn.fetchval("SELECT count(*) FROM trades WHERE symbol_base IS NOT NULL")
+        assert detail["duplicates_archived"] == archived == len(data.expected_removed())
+        assert detail["unsplittable_rows"] == unsplit
+        assert detail["rows_split"] == split
+        assert sum(detail["unsplittable_symbols"].values()) == unsplit
+        for table in ("chunks", "dup_ids", "totals", "unsplittable", "violating"):
+            for name in (f"cex_backfill_{table}", f"cex_migration.backfill_{table}"):
+                assert await conn.fetchval("SELECT to_regclass($1)", name) is None
+        assert await public_helpers(conn) == ["cex_split_symbol", "cex_trades_fill_symbol_parts"]
+    finally:
+        await conn.close()
 
 
 ROUTINE_V1 = """-- migrate:description the answer

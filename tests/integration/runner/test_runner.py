@@ -29,6 +29,7 @@ from cex_arbitrage.db.migrator.source import DirectorySource
 from cex_arbitrage.db.migrator.status import format_table, to_json
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.errors import (
+    AbandonedAttemptError,
     ChecksumMismatchError,
     ConnectError,
     ConnectionLostError,
@@ -36,7 +37,9 @@ from cex_arbitrage.errors import (
     LockTimeoutError,
     MigrationError,
     MigrationFailedError,
+    NotAppliedError,
     PreflightError,
+    UnknownTargetError,
     ValidationError,
 )
 from tests.support.cli import write_migrations
@@ -194,8 +197,10 @@ async def test_run_migrations_returns_false_and_keeps_the_error(
     d = write_migrations(tmp_path / "m", {"001_bad.sql": "SELECT * FROM no_such_table;"})
     runner = make_runner(db, d)
     assert await runner.run_migrations() is False
-    assert isinstance(runner.last_error, MigrationFailedError)
-    assert "001_bad" in runner.last_error.message
+    error = runner.last_error
+    assert isinstance(error, MigrationFailedError)
+    assert (error.version, error.sqlstate, error.rolled_back) == ("001", "42P01", True)
+    assert "001_bad" in error.message
     assert (await states(conn))["001"] == "failed"
 
 
@@ -321,8 +326,9 @@ async def test_edited_applied_migration_is_refused(
     )
 
     message = await refusal(make_runner(db, d), ValidationError)
-    with pytest.raises(ChecksumMismatchError):
+    with pytest.raises(ChecksumMismatchError) as mismatch:
         await make_runner(db, d).migrate()
+    assert mismatch.value.version == "001" and mismatch.value.recorded != mismatch.value.current
 
     assert "001_a.sql was edited after it was applied" in message
     assert "Restore the file" in message
@@ -359,12 +365,14 @@ async def test_accept_checksum_of_an_unapplied_migration_is_refused(
     d = write_migrations(tmp_path / "m", {"001_a.sql": "CREATE TABLE a (id int);"})
     runner = make_runner(db, d)
     await runner.migrate(target_version="000")
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(NotAppliedError) as not_applied:
         await runner.accept_checksum("001")
-    assert "001_a.sql is not applied" in info.value.message
-    with pytest.raises(ValidationError) as info:
+    assert not_applied.value.version == "001"
+    assert "001_a.sql is not applied" in not_applied.value.message
+    with pytest.raises(UnknownTargetError) as unknown:
         await runner.accept_checksum("042")
-    assert "'042'" in info.value.message
+    assert unknown.value.target == "042"
+    assert "'042'" in unknown.value.message
 
 
 async def test_database_ahead_of_the_code_is_refused(
@@ -396,6 +404,9 @@ async def test_failed_attempt_whose_file_was_deleted_is_refused_with_the_way_out
         await make_runner(db, d).migrate()
     (d / "001_bad.sql").unlink()
     write_migrations(d, {"002_good.sql": "CREATE TABLE good (id int);"})
+    with pytest.raises(AbandonedAttemptError) as abandoned:
+        await make_runner(db, d).migrate()
+    assert abandoned.value.versions == ("001",)
 
     message = await refusal(make_runner(db, d), ValidationError)
 
@@ -492,8 +503,10 @@ async def test_fixed_non_transactional_step_resumes_without_replaying_what_succe
         tmp_path / "m",
         {"001_steps.sql": COUNTED_STEPS.format(third="INSERT INTO missing VALUES (3)")},
     )
-    with pytest.raises(MigrationFailedError):
+    with pytest.raises(MigrationFailedError) as failed:
         await make_runner(db, d).migrate()
+    assert (failed.value.version, failed.value.sqlstate) == ("001", "42P01")
+    assert failed.value.statement is not None and "missing" in failed.value.statement
     fixed = COUNTED_STEPS.format(third="INSERT INTO counter VALUES (3)")
     write_migrations(d, {"001_steps.sql": fixed})
 
@@ -1210,8 +1223,9 @@ async def test_background_run_leaves_a_migration_whose_foreground_failed_alone(
     )
     d = write_migrations(tmp_path / "m", broken)
     runner = make_runner(db, d)
-    with pytest.raises(MigrationFailedError):
+    with pytest.raises(MigrationFailedError) as failed:
         await runner.migrate()
+    assert failed.value.version == "002"
     assert await states(conn) == {"000": "applied", "001": "background", "002": "failed"}
 
     assert await runner.run_background() == ["001"]
