@@ -282,14 +282,18 @@ async def test_backfill_resumes_after_its_session_is_killed(db: DatabaseConfig) 
         process.send_signal(signal.SIGKILL)
         await process.communicate()
         # the server ends that session when it next writes to the dead client
-        for _ in range(200):
+        # (a NOTICE after a batch's commit); on a loaded machine that can take
+        # seconds, and until then it commits more batches: wait for it to go.
+        busy = None
+        for _ in range(1200):
             busy = await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CALL cex_backfill%' "
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CALL cex_%backfill%' "
                 "AND pid <> pg_backend_pid()"
             )
             if not busy:
                 break
             await asyncio.sleep(0.05)
+        assert not busy, "the killed client's backfill session is still running after 60 s"
         stopped = await conn.fetchrow(
             "SELECT position::bigint AS position, rows_done, done FROM migration_progress "
             "WHERE task = 'backfill_symbols'"
