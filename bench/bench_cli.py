@@ -3,7 +3,9 @@
 Against a database at head, interleaved runs of: the floor, one `psql -X -c
 'select 1'` process (start, connect, one query, exit); `status`; a no-op
 `apply` (no argument); and `--help`, which touches no database. Target: the
-no-op and `status` at most 3x the psql process.
+no-op and `status` at most 3x the psql process. A second floor is what any
+asyncpg client pays: a Python process that imports asyncpg, connects, runs
+one query and exits; the ratio against it is this project's own start-up.
 
 PYTHONDONTWRITEBYTECODE is dropped from the processes' environment, so the
 uncounted first round leaves compiled bytecode behind as an operator's first
@@ -28,6 +30,15 @@ from cex_arbitrage.db.migrations import MigrationRunner
 from cex_arbitrage.db.structs import DatabaseConfig
 
 CLI = [sys.executable, "-m", "cex_arbitrage.db.migrate"]
+# The least an asyncpg-based command can do: connect (PG* variables), one query.
+ASYNCPG_FLOOR = """
+import asyncio, asyncpg
+async def main():
+    conn = await asyncpg.connect()
+    await conn.fetchval("select 1")
+    await conn.close()
+asyncio.run(main())
+"""
 
 
 def quiet(_message: str) -> None:
@@ -67,6 +78,7 @@ def commands(admin: DatabaseConfig) -> dict[str, list[str]]:
             "-c",
             "select 1",
         ],
+        "python + asyncpg select 1": [sys.executable, "-c", ASYNCPG_FLOOR],
         "migrate (no-op apply)": CLI,
         "migrate status": [*CLI, "status"],
         "migrate --help": [*CLI, "--help"],
@@ -104,14 +116,18 @@ async def main() -> None:
     finally:
         await drop_database(admin, db)
     medians = {name: median_ms(s) for name, s in samples.items()}
-    floor_name = next(iter(medians))
-    floor = medians[floor_name]
+    (floor_name, floor), (asyncpg_name, asyncpg_floor) = list(medians.items())[:2]
     print(f"server {admin.display}, {args.repeat} interleaved runs each (whole processes)")
-    print(f"{floor_name:<24} median {floor:7.1f} ms  (floor)")
-    for name, ms in list(medians.items())[1:]:
+    print(f"{floor_name:<26} median {floor:7.1f} ms  (floor)")
+    print(f"{asyncpg_name:<26} median {asyncpg_floor:7.1f} ms  ratio {asyncpg_floor / floor:5.2f}x "
+          "(second floor: the same query from the least asyncpg script)")  # fmt: skip
+    for name, ms in list(medians.items())[2:]:
         ratio = ms / floor
         bound = verdict(ratio, 3) if "help" not in name else "(information: no database)"
-        print(f"{name:<24} median {ms:7.1f} ms  ratio {ratio:5.2f}x {bound}")
+        print(
+            f"{name:<26} median {ms:7.1f} ms  ratio {ratio:5.2f}x {bound}; "
+            f"{ms / asyncpg_floor:4.2f}x the asyncpg script"
+        )
 
 
 if __name__ == "__main__":

@@ -158,12 +158,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         if getattr(args, attr) in (None, False) or args.command in commands:
             continue
         hint = ""
-        if commands == ("status",) and args.command == "apply":
+        if "status" in commands and args.command == "apply":
             hint = f"; did you mean `status {option}`? (without `status` this would migrate)"
         elif option == "--target" and args.command == "status":
             hint = "; status always shows every migration (`--dry-run --target V` shows a plan)"
         elif option == "--dry-run":
             hint = "; only apply has a plan to show (`--dry-run` alone)"
-        raise ConfigError(
-            f"{option} is for the {' and '.join(commands)} command only, not {args.command}{hint}"
-        )
+        which = " and ".join(commands) + (" commands" if len(commands) > 1 else " command")
+        raise ConfigError(f"{option} is for the {which} only, not {args.command}{hint}")

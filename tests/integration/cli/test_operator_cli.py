@@ -197,9 +197,9 @@ async def test_a_missing_mistyped_or_empty_migrations_dir_is_refused(
 async def test_status_options_without_status_are_usage_errors_and_migrate_nothing(
     run_cli: CliRunner, db: DatabaseConfig
 ) -> None:
-    for option in ("--exit-code", "--json"):
+    for option, only in (("--exit-code", "status command"), ("--json", "status and lint commands")):
         result = run_cli(option)
-        refused(result, ExitCode.USAGE, f"error: {option} is for the status command only")
+        refused(result, ExitCode.USAGE, f"error: {option} is for the {only} only, not apply")
         assert f"status {option}" in result.stderr, explain(result)
         for command in (("background",), ("accept-checksum", "000")):
             refused(run_cli(*command, option), ExitCode.USAGE, option)
