@@ -2,14 +2,16 @@
 
 The server is the one named by CEX_TEST_DSN (default: the local PostgreSQL on
 127.0.0.1:5432), or an embedded PostgreSQL started for the session when
-CEX_TEST_EMBEDDED=1. TimescaleDB tests use CEX_TEST_TIMESCALE_DSN and are
-skipped, visibly, without it.
+CEX_TEST_EMBEDDED=1, or a throwaway server of major N (13 to 18, npm binaries;
+see tests/support/pg_servers.py) when CEX_TEST_PG_MAJOR=N. TimescaleDB tests
+use CEX_TEST_TIMESCALE_DSN and are skipped, visibly, without it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -30,6 +32,12 @@ from tests.support.databases import (
 
 
 def _admin_from_env(tmp_factory: pytest.TempPathFactory) -> tuple[DatabaseConfig, object]:
+    major = os.environ.get("CEX_TEST_PG_MAJOR")
+    if major:
+        from tests.support.pg_servers import start_server
+
+        server = start_server(int(major), tmp_factory.mktemp("pg-matrix") / "data")
+        return server.config, server
     if os.environ.get("CEX_TEST_EMBEDDED") == "1":
         from cex_arbitrage.embedded import start_embedded
 
@@ -47,6 +55,8 @@ def admin_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseC
     finally:
         if server is not None:
             server.stop()  # type: ignore[attr-defined]
+            if os.environ.get("CEX_TEST_PG_MAJOR"):  # a throwaway cluster: remove it
+                shutil.rmtree(server.data_dir, ignore_errors=True)  # type: ignore[attr-defined]
 
 
 _ROLES = "SELECT rolname FROM pg_roles WHERE rolname LIKE 'cex%'"
@@ -122,3 +132,30 @@ def run_cli(cli_env: dict[str, str], tmp_path: Path) -> CliRunner:
         return run_cli_process(list(args), env if env is not None else cli_env, cwd or tmp_path)
 
     return run
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the version-matrix subset (tests/support/matrix.py) `matrix`.
+
+    A listed test missing from a module that was collected is an error: a
+    rename must not drop it from the matrix unnoticed.
+    """
+    from tests.support.matrix import MATRIX_TESTS
+
+    modules: dict[str, object] = {}
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        modules.setdefault(path, getattr(item, "module", None))
+        if getattr(item, "originalname", item.name) in MATRIX_TESTS.get(path, ()):
+            item.add_marker(pytest.mark.matrix)
+    missing = [
+        f"{path}::{name}"
+        for path, module in modules.items()
+        if module is not None
+        for name in MATRIX_TESTS.get(path, ())
+        if not hasattr(module, name)
+    ]
+    if missing:
+        raise pytest.UsageError(
+            "tests/support/matrix.py lists tests that do not exist: " + ", ".join(missing)
+        )

@@ -328,7 +328,10 @@ def pg_program(name: str, server_major: int) -> tuple[str, dict[str, str]]:
 
     pg_dump refuses a newer server, and an older one dumps differently, so the
     version matters: /usr/lib/postgresql/MAJOR/bin, else the embedded
-    PostgreSQL's bin dir (PG18 in CI), else PATH if it is that version.
+    PostgreSQL's bin dir (PG18 in CI), else PATH if it is that version. With
+    none of that major (the version matrix's servers come without clients),
+    the nearest newer one: pg_dump reads every older server, and the suite
+    only compares dumps taken from one server by one pg_dump.
     """
     candidates: list[tuple[Path, dict[str, str]]] = [
         (Path(f"/usr/lib/postgresql/{server_major}/bin") / name, {})
@@ -345,6 +348,7 @@ def pg_program(name: str, server_major: int) -> tuple[str, dict[str, str]]:
     on_path = shutil.which(name)
     if on_path:
         candidates.append((Path(on_path), {}))
+    newer: list[tuple[int, str, dict[str, str]]] = []
     for path, env in candidates:
         if not path.is_file():
             continue
@@ -352,8 +356,15 @@ def pg_program(name: str, server_major: int) -> tuple[str, dict[str, str]]:
             [str(path), "--version"], capture_output=True, text=True, env={**os.environ, **env}
         )
         m = re.search(r"(\d+)(?:\.\d+)?", out.stdout)
-        if out.returncode == 0 and m and int(m.group(1)) == server_major:
+        if out.returncode != 0 or m is None:
+            continue
+        if int(m.group(1)) == server_major:
             return str(path), env
+        if int(m.group(1)) > server_major:
+            newer.append((int(m.group(1)), str(path), env))
+    if newer:
+        _, path_text, env = min(newer, key=lambda found: found[0])
+        return path_text, env
     raise FileNotFoundError(f"no {name} of PostgreSQL {server_major} found (set CEX_TEST_PG_BIN)")
 
 

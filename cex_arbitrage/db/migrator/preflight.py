@@ -1,11 +1,12 @@
 """Checks against the live database before anything runs.
 
-Refuses (exit code 7) what would certainly fail halfway: a server too old, a
-standby or a read-only default (default_transaction_read_only), a Citus
-worker node (cluster.py), a user that may not create objects. Warns about what would slow or block a
-migration: INVALID indexes from an earlier interrupted build, and long open
-transactions that a DDL lock would queue behind (while queued, that lock
-request blocks the collectors' inserts; lock_timeout bounds it).
+Refuses (exit code 7) what would certainly fail halfway: a server older than
+the supported majors (a newer, untested one is a warning), a standby or a
+read-only default (default_transaction_read_only), a Citus worker node
+(cluster.py), a user that may not create objects. Warns about what would slow
+or block a migration: INVALID indexes from an earlier interrupted build, and
+long open transactions that a DDL lock would queue behind (while queued, that
+lock request blocks the collectors' inserts; lock_timeout bounds it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import asyncpg
 from cex_arbitrage.db.migrator.cluster import CitusNode, detect_citus, refuse_worker
 from cex_arbitrage.errors import PreflightError
 
-MIN_SERVER_VERSION = 120000
+# The majors the migrations are tested on (README, "Supported PostgreSQL versions").
+OLDEST_MAJOR = 13
+NEWEST_TESTED_MAJOR = 18
+MIN_SERVER_VERSION = OLDEST_MAJOR * 10000
 
 _CHECKS = """
 SELECT current_setting('server_version_num')::int AS server_version,
@@ -68,6 +72,31 @@ class Preflight:
     citus: CitusNode | None = None  # None: not a Citus node
 
 
+def check_server_version(database: str, version_num: int, version_text: str) -> str | None:
+    """Refuse a major below the supported range (exit 7); a warning for one above it.
+
+    13 is the oldest major the migrations are tested on (12 reached its end of
+    life in November 2024), so an older server is refused before anything
+    runs rather than left to fail halfway. A major newer than the newest
+    tested one goes ahead with a warning, as Flyway does: a server upgrade must
+    not lock the schema out until this code is released again.
+    """
+    supported = f"supported: PostgreSQL {OLDEST_MAJOR} to {NEWEST_TESTED_MAJOR}"
+    major = version_num // 10000
+    if major < OLDEST_MAJOR:
+        raise PreflightError(
+            f"{database}: PostgreSQL {version_text} (major {major}) is not supported "
+            f"({supported}); nothing was changed. Upgrade the server to "
+            f"PostgreSQL {OLDEST_MAJOR} or newer"
+        )
+    if major > NEWEST_TESTED_MAJOR:
+        return (
+            f"{database}: PostgreSQL {version_text} (major {major}) is newer than the newest "
+            f"tested major ({supported}); going ahead"
+        )
+    return None
+
+
 def _refuse_read_only(row: asyncpg.Record, database: str, user: str) -> None:
     """A standby, or sessions read-only by default: every write would fail (exit 7)."""
     if row["in_recovery"]:
@@ -101,11 +130,10 @@ async def run_preflight(
     """
     row = await conn.fetchrow(_CHECKS, list(watched_tables))
     assert row is not None
-    if row["server_version"] < MIN_SERVER_VERSION:
-        raise PreflightError(
-            f"{database}: PostgreSQL {row['server_version_text']} is too old; "
-            "cex_arbitrage migrations need PostgreSQL 12 or newer"
-        )
+    warnings: list[str] = []
+    untested = check_server_version(database, row["server_version"], row["server_version_text"])
+    if untested:
+        warnings.append(untested)
     user = row["usr"]
     _refuse_read_only(row, database, user)
     citus = await detect_citus(conn, tuple(row["extensions"]))
@@ -125,7 +153,6 @@ async def run_preflight(
                 "migrations alter. Migrate as their owner, or "
                 f"ALTER TABLE ... OWNER TO {user};"
             )
-    warnings: list[str] = []
     invalid = tuple(row["invalid_indexes"])
     if invalid:
         warnings.append(

@@ -1414,6 +1414,9 @@ async def test_missing_privilege_is_refused_by_preflight(
     role = f"cex_norights_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(**admin_config.connect_kwargs())
     await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    # PostgreSQL 15's default; before 15 every role may create in public
+    # (docs/postgresql-versions.md).
+    await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     try:
         d = write_migrations(tmp_path / "m", {"001_a.sql": "CREATE TABLE a (id int);"})
         as_role = dataclasses.replace(db, user=role)
