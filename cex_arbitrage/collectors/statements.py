@@ -1,0 +1,117 @@
+"""The writers' SQL: rows COPYed into a staging table, then moved so each fact is stored once.
+
+Several engines may collect the same feed (same exchange and pair); each
+fact must still be stored once. The natural keys (migration 005 explains the
+choice):
+
+- a book ticker: exchange, pair, timestamp and the four values;
+- a trade with an exchange trade id: exchange, pair, trade id, timestamp
+  (uq_trades_dedup, migration 001);
+- a trade without one: exchange, pair, timestamp, price, quantity, side.
+
+The move is correct whether or not the unique indexes of 005 exist yet (a
+writer runs before, during and after 005's background build):
+
+1. Take a transaction-level advisory lock per feed in the batch, in sorted
+   order (no deadlock between two batches): writers of one feed commit one
+   after another, writers of different feeds do not wait for each other.
+2. Insert only rows whose key is not stored yet (NOT EXISTS, seen in a
+   snapshot taken after the lock, so it includes every earlier batch of the
+   feed) and once per batch (DISTINCT), with `ON CONFLICT DO NOTHING` and no
+   conflict target: it uses whatever unique indexes exist (uq_trades_dedup,
+   and 005's once they are built) and needs none. A targeted ON CONFLICT
+   would fail while 005's index is missing or not yet valid.
+
+The lock makes NOT EXISTS exact without the index; the index makes the key
+hold against any other writer (psql, an older engine). Both go in one
+simple-query message: one round trip, one statement snapshot each.
+"""
+
+from __future__ import annotations
+
+BOOK_TICKER_COLUMNS = (
+    "timestamp",
+    "exchange",
+    "symbol_base",
+    "symbol_quote",
+    "bid_price",
+    "bid_qty",
+    "ask_price",
+    "ask_qty",
+)
+
+TRADE_COLUMNS = (
+    "timestamp",
+    "exchange",
+    "symbol",
+    "symbol_base",
+    "symbol_quote",
+    "price",
+    "quantity",
+    "side",
+    "trade_id",
+    "quote_quantity",
+    "is_buyer",
+    "is_maker",
+)
+
+BOOK_TICKER_STAGE = "cex_stage_book_tickers"
+TRADE_STAGE = "cex_stage_trades"
+
+_BOOK_TICKER_KEY = BOOK_TICKER_COLUMNS
+_IDLESS_TRADE_KEY = (
+    "exchange",
+    "symbol_base",
+    "symbol_quote",
+    "timestamp",
+    "price",
+    "quantity",
+    "side",
+)
+
+
+def _names(columns: tuple[str, ...], prefix: str = "") -> str:
+    return ", ".join(f'{prefix}"{column}"' for column in columns)
+
+
+def _same(columns: tuple[str, ...]) -> str:
+    return " AND ".join(f'stored."{c}" = staged."{c}"' for c in columns)
+
+
+def create_stage(stage: str, table: str, columns: tuple[str, ...]) -> str:
+    """The staging table takes its column types from the table, so it follows the schema.
+
+    ON COMMIT DELETE ROWS empties it at each commit; IF NOT EXISTS makes it a
+    no-op after a connection's first batch.
+    """
+    return (
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+        f"SELECT {_names(columns)} FROM {table} WITH NO DATA"
+    )
+
+
+def _lock_feeds(stage: str, table: str) -> str:
+    return (
+        f"SELECT pg_advisory_xact_lock(hashtext('{table}'), feed.k) FROM ("
+        "SELECT DISTINCT hashtext(exchange || '/' || symbol_base || '/' || symbol_quote) AS k "
+        f"FROM {stage} ORDER BY 1) AS feed;\n"
+    )
+
+
+MOVE_BOOK_TICKERS = _lock_feeds(BOOK_TICKER_STAGE, "book_ticker_snapshots") + (
+    f"INSERT INTO book_ticker_snapshots ({_names(BOOK_TICKER_COLUMNS)}) "
+    f"SELECT DISTINCT {_names(BOOK_TICKER_COLUMNS, 'staged.')} FROM {BOOK_TICKER_STAGE} staged "
+    "WHERE NOT EXISTS (SELECT 1 FROM book_ticker_snapshots stored "
+    f"WHERE {_same(_BOOK_TICKER_KEY)}) "
+    "ON CONFLICT DO NOTHING"
+)
+
+MOVE_TRADES = _lock_feeds(TRADE_STAGE, "trades") + (
+    f"INSERT INTO trades ({_names(TRADE_COLUMNS)}) "
+    f"SELECT DISTINCT ON ({_names(_IDLESS_TRADE_KEY, 'staged.')}, staged.trade_id) "
+    f"{_names(TRADE_COLUMNS, 'staged.')} FROM {TRADE_STAGE} staged "
+    # A trade with an id meets uq_trades_dedup (001); one without, the lookup or 005's index.
+    "WHERE staged.trade_id IS NOT NULL OR NOT EXISTS (SELECT 1 FROM trades stored "
+    f"WHERE stored.trade_id IS NULL AND {_same(_IDLESS_TRADE_KEY)}) "
+    "ON CONFLICT DO NOTHING"
+)
