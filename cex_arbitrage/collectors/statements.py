@@ -12,19 +12,23 @@ choice):
 The move is correct whether or not the unique indexes of 005 exist yet (a
 writer runs before, during and after 005's background build):
 
-1. Take a transaction-level advisory lock per feed in the batch, in sorted
-   order (no deadlock between two batches): writers of one feed commit one
-   after another, writers of different feeds do not wait for each other.
-2. Insert only rows whose key is not stored yet (NOT EXISTS, seen in a
-   snapshot taken after the lock, so it includes every earlier batch of the
-   feed) and once per batch (DISTINCT), with `ON CONFLICT DO NOTHING` and no
-   conflict target: it uses whatever unique indexes exist (uq_trades_dedup,
-   and 005's once they are built) and needs none. A targeted ON CONFLICT
-   would fail while 005's index is missing or not yet valid.
+- Once 005's index on the key is valid (it holds every stored row), the
+  insert's `ON CONFLICT DO NOTHING` does the work: no lock, no lookup. The
+  index is looked up in the catalog by each batch, in the same statements.
+- Until then: take a transaction-level advisory lock per feed in the batch,
+  in sorted order (no deadlock between two batches; writers of one feed
+  commit one after another, writers of different feeds do not wait), and
+  insert only rows whose key is not stored yet (NOT EXISTS, in a snapshot
+  taken after the lock, so it includes every earlier batch of the feed).
+  A unique index being built but not yet valid does not hold every stored
+  row, so it cannot be relied on.
 
-The lock makes NOT EXISTS exact without the index; the index makes the key
-hold against any other writer (psql, an older engine). Both go in one
-simple-query message: one round trip, one statement snapshot each.
+Either way DISTINCT drops repeats inside the batch, and `ON CONFLICT DO
+NOTHING` has no conflict target: it uses whatever unique indexes exist
+(uq_trades_dedup, 005's) and needs none; a targeted one would fail while
+005's index is missing. The index makes the key hold against any other
+writer (psql, an older engine). Lock and insert go in one simple-query
+message: one round trip, one statement snapshot each.
 """
 
 from __future__ import annotations
@@ -90,28 +94,40 @@ def create_stage(stage: str, table: str, columns: tuple[str, ...]) -> str:
     )
 
 
-def _lock_feeds(stage: str, table: str) -> str:
+def _key_index_valid(index: str) -> str:
+    """Whether 005's unique index on the key is built and valid (every stored row is in it)."""
     return (
-        f"SELECT pg_advisory_xact_lock(hashtext('{table}'), feed.k) FROM ("
-        "SELECT DISTINCT hashtext(exchange || '/' || symbol_base || '/' || symbol_quote) AS k "
-        f"FROM {stage} ORDER BY 1) AS feed;\n"
+        f"EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('{index}') AND indisvalid)"
     )
 
 
-MOVE_BOOK_TICKERS = _lock_feeds(BOOK_TICKER_STAGE, "book_ticker_snapshots") + (
+def _lock_feeds(stage: str, table: str, index: str) -> str:
+    return (
+        f"SELECT pg_advisory_xact_lock(hashtext('{table}'), feed.k) FROM ("
+        "SELECT DISTINCT hashtext(exchange || '/' || symbol_base || '/' || symbol_quote) AS k "
+        f"FROM {stage} ORDER BY 1) AS feed WHERE NOT {_key_index_valid(index)};\n"
+    )
+
+
+_BOOK_TICKER_INDEX = "uq_book_ticker_snapshots_natural_key"
+_IDLESS_TRADE_INDEX = "uq_trades_natural_key"
+
+MOVE_BOOK_TICKERS = _lock_feeds(BOOK_TICKER_STAGE, "book_ticker_snapshots", _BOOK_TICKER_INDEX) + (
     f"INSERT INTO book_ticker_snapshots ({_names(BOOK_TICKER_COLUMNS)}) "
     f"SELECT DISTINCT {_names(BOOK_TICKER_COLUMNS, 'staged.')} FROM {BOOK_TICKER_STAGE} staged "
-    "WHERE NOT EXISTS (SELECT 1 FROM book_ticker_snapshots stored "
+    f"WHERE {_key_index_valid(_BOOK_TICKER_INDEX)} "
+    "OR NOT EXISTS (SELECT 1 FROM book_ticker_snapshots stored "
     f"WHERE {_same(_BOOK_TICKER_KEY)}) "
     "ON CONFLICT DO NOTHING"
 )
 
-MOVE_TRADES = _lock_feeds(TRADE_STAGE, "trades") + (
+MOVE_TRADES = _lock_feeds(TRADE_STAGE, "trades", _IDLESS_TRADE_INDEX) + (
     f"INSERT INTO trades ({_names(TRADE_COLUMNS)}) "
     f"SELECT DISTINCT ON ({_names(_IDLESS_TRADE_KEY, 'staged.')}, staged.trade_id) "
     f"{_names(TRADE_COLUMNS, 'staged.')} FROM {TRADE_STAGE} staged "
     # A trade with an id meets uq_trades_dedup (001); one without, the lookup or 005's index.
-    "WHERE staged.trade_id IS NOT NULL OR NOT EXISTS (SELECT 1 FROM trades stored "
+    f"WHERE staged.trade_id IS NOT NULL OR {_key_index_valid(_IDLESS_TRADE_INDEX)} "
+    "OR NOT EXISTS (SELECT 1 FROM trades stored "
     f"WHERE stored.trade_id IS NULL AND {_same(_IDLESS_TRADE_KEY)}) "
     "ON CONFLICT DO NOTHING"
 )
