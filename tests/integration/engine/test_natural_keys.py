@@ -336,3 +336,84 @@ async def test_005_on_tables_with_duplicates_and_a_live_writer_loses_nothing(
     finally:
         await conn.close()
     assert "duplicates moved" in (out + err).decode()
+
+
+async def test_005_archive_killed_mid_way_resumes_and_loses_nothing(
+    db: DatabaseConfig, tmp_path: Path
+) -> None:
+    """The CLI and its session die while the archive is between batches; the re-run goes on
+    from the checkpoint: every row once in the table or the archive, every move counted once."""
+    migrate(db, tmp_path, "--target", "004")
+    conn = await asyncpg.connect(**db.connect_kwargs())
+    try:
+        await store_with_duplicates(conn, 3000)
+        before = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM book_ticker_snapshots) + (SELECT count(*) FROM trades)"
+        )
+        config = tmp_path / "config.yaml"
+        config.write_text("migrations:\n  backfill_batch_size: 100\n  backfill_sleep_ms: 30\n")
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "cex_arbitrage.db.migrate", "--config", str(config)],
+            env=pg_env(db),
+            cwd=str(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            for _ in range(600):
+                position = await conn.fetchval(
+                    "SELECT position::bigint FROM migration_progress "
+                    "WHERE version = '005' AND task = 'archive_book_tickers'"
+                )
+                if position is not None and position > 1000:
+                    break
+                await asyncio.sleep(0.02)
+            assert position is not None and position > 1000
+            cli.kill()
+            cli.communicate(timeout=30)
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+        half = await conn.fetchrow(
+            "SELECT done, position::bigint AS position FROM migration_progress "
+            "WHERE version = '005' AND task = 'archive_book_tickers'"
+        )
+        assert not half["done"] and half["position"] > 0
+
+        again = migrate(db, tmp_path, "--config", str(config))
+        assert "resume" in again.stdout + again.stderr
+        after = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM book_ticker_snapshots) + (SELECT count(*) FROM trades)"
+        )
+        counted = await conn.fetch(
+            "SELECT task, (detail ->> 'duplicates_archived')::bigint AS n, done "
+            "FROM migration_progress WHERE version = '005' ORDER BY task"
+        )
+        archived = {
+            "archive_book_tickers": await conn.fetchval(
+                "SELECT count(*) FROM book_ticker_snapshots_duplicates_removed"
+            ),
+            "archive_idless_trades": await conn.fetchval(
+                "SELECT count(*) FROM trades_duplicates_removed"
+            ),
+        }
+        assert {r["task"]: (r["n"], r["done"]) for r in counted} == {
+            task: (n, True) for task, n in archived.items()
+        }
+        assert after + sum(archived.values()) == before
+        for table, key in (("book_ticker_snapshots", BOOK_KEY), ("trades", IDLESS_KEY)):
+            assert (
+                await conn.fetchval(f"SELECT count(*) - count(DISTINCT ({key})) FROM {table}") == 0
+            )
+        assert (
+            await conn.fetchval(
+                "SELECT count(DISTINCT (" + BOOK_KEY + ")) FROM book_ticker_snapshots"
+            )
+            == 3000
+        )
+    finally:
+        await conn.close()
