@@ -7,7 +7,7 @@ choice):
 - a book ticker: exchange, pair, timestamp and the four values;
 - a trade with an exchange trade id: exchange, pair, trade id, timestamp
   (uq_trades_dedup, migration 001);
-- a trade without one: exchange, pair, timestamp, price, quantity, side.
+- a trade without one: exchange, raw symbol, timestamp, price, quantity, side.
 
 The move is correct whether or not the unique indexes of 005 exist yet (a
 writer runs before, during and after 005's background build):
@@ -63,15 +63,7 @@ BOOK_TICKER_STAGE = "cex_stage_book_tickers"
 TRADE_STAGE = "cex_stage_trades"
 
 _BOOK_TICKER_KEY = BOOK_TICKER_COLUMNS
-_IDLESS_TRADE_KEY = (
-    "exchange",
-    "symbol_base",
-    "symbol_quote",
-    "timestamp",
-    "price",
-    "quantity",
-    "side",
-)
+_IDLESS_TRADE_KEY = ("exchange", "symbol", "timestamp", "price", "quantity", "side")
 
 
 def _names(columns: tuple[str, ...], prefix: str = "") -> str:
@@ -102,7 +94,10 @@ def _key_index_valid(index: str) -> str:
 
 
 def _lock_feeds(stage: str, table: str, index: str) -> str:
+    # JIT off: the planner's guess for a staging table without statistics can
+    # cross jit_above_cost, and compiling then takes a second per batch.
     return (
+        "SET LOCAL jit = off;\n"
         f"SELECT pg_advisory_xact_lock(hashtext('{table}'), feed.k) FROM ("
         "SELECT DISTINCT hashtext(exchange || '/' || symbol_base || '/' || symbol_quote) AS k "
         f"FROM {stage} ORDER BY 1) AS feed WHERE NOT {_key_index_valid(index)};\n"
@@ -123,7 +118,8 @@ MOVE_BOOK_TICKERS = _lock_feeds(BOOK_TICKER_STAGE, "book_ticker_snapshots", _BOO
 
 MOVE_TRADES = _lock_feeds(TRADE_STAGE, "trades", _IDLESS_TRADE_INDEX) + (
     f"INSERT INTO trades ({_names(TRADE_COLUMNS)}) "
-    f"SELECT DISTINCT ON ({_names(_IDLESS_TRADE_KEY, 'staged.')}, staged.trade_id) "
+    f"SELECT DISTINCT ON ({_names(_IDLESS_TRADE_KEY, 'staged.')}, staged.symbol_base, "
+    "staged.symbol_quote, staged.trade_id) "
     f"{_names(TRADE_COLUMNS, 'staged.')} FROM {TRADE_STAGE} staged "
     # A trade with an id meets uq_trades_dedup (001); one without, the lookup or 005's index.
     f"WHERE staged.trade_id IS NOT NULL OR {_key_index_valid(_IDLESS_TRADE_INDEX)} "

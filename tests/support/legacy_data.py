@@ -164,17 +164,19 @@ class LegacyDataset:
         """id of each replayed duplicate -> id of the row of the same trade that stays.
 
         001 archives trades with a trade_id; with `natural_keys` (005 ran), trades
-        without one that repeat exchange, pair, timestamp, price, quantity and side too.
+        without one that repeat exchange, symbol, timestamp, price, quantity and side too.
         """
         kept: dict[tuple[object, ...], int] = {}
         removed: dict[int, int] = {}
         for row in sorted(self.trades, key=lambda r: r[0]):  # type: ignore[arg-type, return-value]
             parts = reference_split(str(row[3]))
-            if parts is None or (row[7] is None and not natural_keys):
+            key: tuple[object, ...]
+            if row[7] is None and natural_keys:  # 005: exchange, raw symbol, time, values
+                key = ("no id", row[2], row[3], row[1], row[4], row[5], row[6])
+            elif parts is None or row[7] is None:
                 continue
-            key: tuple[object, ...] = (row[2], parts[0], parts[1], row[7])
-            if row[7] is None:
-                key = (row[2], parts[0], parts[1], row[1], row[4], row[5], row[6])
+            else:
+                key = (row[2], parts[0], parts[1], row[7])
             if key in kept:
                 removed[int(row[0])] = kept[key]  # type: ignore[call-overload]
             else:

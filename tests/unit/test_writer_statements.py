@@ -24,6 +24,7 @@ def test_on_conflict_names_no_target_so_a_missing_index_is_no_error() -> None:
 
 def test_feeds_are_locked_in_one_order_and_only_without_a_valid_key_index() -> None:
     for move in (MOVE_BOOK_TICKERS, MOVE_TRADES):
-        lock = move.split(";\n")[0]
+        jit, lock = move.split(";\n")[:2]
+        assert jit == "SET LOCAL jit = off"
         assert "pg_advisory_xact_lock" in lock and "ORDER BY 1" in lock
         assert "WHERE NOT EXISTS (SELECT 1 FROM pg_index" in lock

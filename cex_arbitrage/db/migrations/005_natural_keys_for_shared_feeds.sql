@@ -20,22 +20,23 @@
 --   data. With the values, two updates at one instant are two facts unless
 --   they carry the same state, and then storing the state twice says nothing
 --   more: a snapshot is a value, not an event to count.
--- * Trade without an exchange trade id: (exchange, symbol_base,
---   symbol_quote, timestamp, price, quantity, side), WHERE trade_id IS NULL.
---   Everything the exchange reported about the trade. The optional columns
---   (quote_quantity, is_buyer, is_maker) follow from these or are absent, and
---   the raw `symbol` names the same pair as base/quote (uq_trades_dedup leaves
---   it out too). The cost, stated plainly: two real trades at the same
---   instant, same price, quantity and side, with no id from the exchange to
---   tell them apart, are stored as one. Nothing in the data can tell them from
---   one trade received twice (by two engines, or replayed after a
---   reconnect), which is the far more common case; an exchange feed that
---   matters trade by trade should give ids, and then uq_trades_dedup applies.
+-- * Trade without an exchange trade id: (exchange, symbol, timestamp, price,
+--   quantity, side), WHERE trade_id IS NULL. Everything the exchange reported
+--   about the trade, the pair as the exchange spells it (`symbol`, which every
+--   engine on a feed stores alike, and from which base/quote follow). The
+--   optional columns (quote_quantity, is_buyer, is_maker) follow from these or
+--   are absent. The raw symbol rather than base/quote also lets the writers'
+--   lookup use idx_trades_exchange_symbol_time, which every database has from
+--   its first day, while 001's pair index is still to come. The cost, stated
+--   plainly: two real trades at the same instant, same price, quantity and
+--   side, with no id from the exchange to tell them apart, are stored as one.
+--   Nothing in the data can tell them from one trade received twice (by two
+--   engines, or replayed after a reconnect), which is the far more common
+--   case; an exchange feed that matters trade by trade should give ids, and
+--   then uq_trades_dedup applies.
 -- * Trade with an id: unchanged, uq_trades_dedup (exchange, pair, trade_id,
 --   timestamp).
--- Rows with NULL base/quote (unsplittable legacy symbols) stay out of the
--- keys, as from uq_trades_dedup. On a hypertable a unique index must include
--- the time column: both keys do.
+-- On a hypertable a unique index must include the time column: both keys do.
 --
 -- Live and large tables (PRODUCT.md part 9):
 -- * The foreground part creates the book-ticker archive table only: no lock
@@ -91,7 +92,7 @@ COMMENT ON TABLE book_ticker_snapshots_duplicates_removed IS
     'timestamp and values as row kept_id)';
 COMMENT ON TABLE trades_duplicates_removed IS
     'Replayed duplicate trades removed by migrations 001 and 005 (same exchange, pair and '
-    'trade_id as row kept_id; without a trade_id: same timestamp, price, quantity and side)';
+    'trade_id as row kept_id; without a trade_id: same symbol, timestamp, price, quantity and side)';
 
 DO $$
 DECLARE
@@ -114,15 +115,15 @@ CALL cex_archive_key_duplicates('archive_book_tickers', 'book_ticker_snapshots',
           'bid_price', 'bid_qty', 'ask_price', 'ask_qty'],
     'true');
 CALL cex_archive_key_duplicates('archive_idless_trades', 'trades', 'trades_duplicates_removed',
-    ARRAY['exchange', 'symbol_base', 'symbol_quote', 'timestamp', 'price', 'quantity', 'side'],
-    '%1$s.trade_id IS NULL AND %1$s.symbol_base IS NOT NULL');
+    ARRAY['exchange', 'symbol', 'timestamp', 'price', 'quantity', 'side'],
+    '%1$s.trade_id IS NULL');
 
 -- migrate:step natural_key_indexes transaction:false background
 -- After the archive: no key is stored twice, and the writers store none twice.
 CALL cex_create_hypertable_index('book_ticker_snapshots', 'uq_book_ticker_snapshots_natural_key', true,
     '(exchange, symbol_base, symbol_quote, "timestamp", bid_price, bid_qty, ask_price, ask_qty)');
 CALL cex_create_hypertable_index('trades', 'uq_trades_natural_key', true,
-    '(exchange, symbol_base, symbol_quote, "timestamp", price, quantity, side) WHERE trade_id IS NULL');
+    '(exchange, symbol, "timestamp", price, quantity, side) WHERE trade_id IS NULL');
 -- migrate:session
 DO $$
 BEGIN
@@ -138,7 +139,7 @@ CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS uq_book_ticker_snapshots_natural_
     ON book_ticker_snapshots (exchange, symbol_base, symbol_quote, "timestamp",
                               bid_price, bid_qty, ask_price, ask_qty);
 CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS uq_trades_natural_key
-    ON trades (exchange, symbol_base, symbol_quote, "timestamp", price, quantity, side)
+    ON trades (exchange, symbol, "timestamp", price, quantity, side)
     WHERE trade_id IS NULL;
 DO $$
 BEGIN

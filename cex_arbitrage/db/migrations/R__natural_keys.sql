@@ -27,7 +27,7 @@
 -- and a CALL after the end returns at once: safe to CALL again (docs/resume.md).
 -- Sleeps cex.backfill_sleep_ms between batches. A row's duplicates are found
 -- through the index whose leading columns are the key's exchange and pair
--- (idx_bts_exchange_pair_time, idx_trades_pair_time), one probe per row.
+-- (idx_bts_exchange_pair_time, idx_trades_exchange_symbol_time), one probe per row.
 CREATE OR REPLACE PROCEDURE cex_archive_key_duplicates(
     p_task text, p_table regclass, p_archive regclass, p_key text[], p_filter text)
 LANGUAGE plpgsql AS $$

@@ -2,7 +2,7 @@
 
 The natural keys (005's header): a book ticker is its exchange, pair,
 timestamp and four values; a trade without an exchange trade id is its
-exchange, pair, timestamp, price, quantity and side. The writers store a key
+exchange, raw symbol, timestamp, price, quantity and side. The writers store a key
 once with or without 005's unique indexes, so these run both before 005
 (`--target 004`) and after it, and while 005 runs under a live writer.
 """
@@ -37,7 +37,7 @@ from tests.support.paths import REPO
 SAMPLE = REPO / "cex_arbitrage" / "samples" / "replay.jsonl"
 ENGINES = 16
 BOOK_KEY = "exchange, symbol_base, symbol_quote, timestamp, bid_price, bid_qty, ask_price, ask_qty"
-IDLESS_KEY = "exchange, symbol_base, symbol_quote, timestamp, price, quantity, side"
+IDLESS_KEY = "exchange, symbol, timestamp, price, quantity, side"
 INDEXES = ("uq_book_ticker_snapshots_natural_key", "uq_trades_natural_key")
 
 
@@ -54,7 +54,7 @@ def sample_facts() -> tuple[int, int, int]:
             continue
         t = Trade.from_json(data)
         if t.trade_id is None:
-            idless.add((t.exchange, t.symbol_base, t.timestamp, t.price, t.quantity, t.side))
+            idless.add((t.exchange, t.stored_symbol, t.timestamp, t.price, t.quantity, t.side))
         else:
             with_id.add((t.exchange, t.symbol_base, t.symbol_quote, t.trade_id, t.timestamp))
     return len(books), len(with_id), len(idless)

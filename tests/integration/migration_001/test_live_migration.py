@@ -307,8 +307,8 @@ async def assert_legacy_rows_accounted_for(conn: asyncpg.Connection, facts: Lega
     not_repeats = await conn.fetchval(
         "SELECT count(*) FROM trades_duplicates_removed d WHERE d.trade_id IS NULL AND NOT EXISTS "
         "(SELECT 1 FROM trades t WHERE t.id = d.kept_id AND t.id < d.id AND t.trade_id IS NULL "
-        "AND (t.exchange, t.symbol_base, t.symbol_quote, t.timestamp, t.price, t.quantity, t.side)"
-        " = (d.exchange, d.symbol_base, d.symbol_quote, d.timestamp, d.price, d.quantity, d.side))"
+        "AND (t.exchange, t.symbol, t.timestamp, t.price, t.quantity, t.side)"
+        " = (d.exchange, d.symbol, d.timestamp, d.price, d.quantity, d.side))"
     )
     assert not_repeats == 0
     remaining = await conn.fetchval(
