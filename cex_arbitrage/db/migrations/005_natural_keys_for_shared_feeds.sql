@@ -42,11 +42,12 @@
 -- * The foreground part creates the book-ticker archive table only: no lock
 --   on the data tables beyond a moment.
 -- * The writers are correct before, during and after this migration
---   (cex_arbitrage/collectors/statements.py): each batch takes a
---   transaction-level advisory lock per feed, inserts only keys not stored yet
---   (NOT EXISTS) and uses ON CONFLICT DO NOTHING without a conflict target, so
---   it needs no unique index and uses these once they exist. New rows
---   therefore never repeat a key, whatever this migration has done so far.
+--   (cex_arbitrage/collectors/statements.py): until the key's unique index
+--   below is valid, each batch takes a transaction-level advisory lock per
+--   feed and inserts only keys not stored yet (NOT EXISTS); once it is valid,
+--   the index alone. ON CONFLICT DO NOTHING names no conflict target, so no
+--   index is required. New rows therefore never repeat a key, whatever this
+--   migration has done so far.
 -- * Background step archive_duplicates: rows already stored twice are moved
 --   (never deleted without a copy) to book_ticker_snapshots_duplicates_removed
 --   and trades_duplicates_removed, with kept_id = the lowest id of the key, in
