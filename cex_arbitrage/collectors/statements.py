@@ -93,13 +93,16 @@ def _key_index_valid(index: str) -> str:
     )
 
 
-def _lock_feeds(stage: str, table: str, index: str) -> str:
-    # JIT off: the planner's guess for a staging table without statistics can
-    # cross jit_above_cost, and compiling then takes a second per batch.
+def _lock_feeds(stage: str, table: str, index: str, feed: str) -> str:
+    """Lock each feed of the batch (`feed` names it) unless the key index is valid.
+
+    JIT off: the planner's guess for a staging table without statistics can
+    cross jit_above_cost, and compiling then takes a second per batch.
+    """
     return (
         "SET LOCAL jit = off;\n"
         f"SELECT pg_advisory_xact_lock(hashtext('{table}'), feed.k) FROM ("
-        "SELECT DISTINCT hashtext(exchange || '/' || symbol_base || '/' || symbol_quote) AS k "
+        f"SELECT DISTINCT hashtext({feed}) AS k "
         f"FROM {stage} ORDER BY 1) AS feed WHERE NOT {_key_index_valid(index)};\n"
     )
 
@@ -107,7 +110,12 @@ def _lock_feeds(stage: str, table: str, index: str) -> str:
 _BOOK_TICKER_INDEX = "uq_book_ticker_snapshots_natural_key"
 _IDLESS_TRADE_INDEX = "uq_trades_natural_key"
 
-MOVE_BOOK_TICKERS = _lock_feeds(BOOK_TICKER_STAGE, "book_ticker_snapshots", _BOOK_TICKER_INDEX) + (
+MOVE_BOOK_TICKERS = _lock_feeds(
+    BOOK_TICKER_STAGE,
+    "book_ticker_snapshots",
+    _BOOK_TICKER_INDEX,
+    "exchange || '/' || symbol_base || '/' || symbol_quote",
+) + (
     f"INSERT INTO book_ticker_snapshots ({_names(BOOK_TICKER_COLUMNS)}) "
     f"SELECT DISTINCT {_names(BOOK_TICKER_COLUMNS, 'staged.')} FROM {BOOK_TICKER_STAGE} staged "
     f"WHERE {_key_index_valid(_BOOK_TICKER_INDEX)} "
@@ -116,7 +124,9 @@ MOVE_BOOK_TICKERS = _lock_feeds(BOOK_TICKER_STAGE, "book_ticker_snapshots", _BOO
     "ON CONFLICT DO NOTHING"
 )
 
-MOVE_TRADES = _lock_feeds(TRADE_STAGE, "trades", _IDLESS_TRADE_INDEX) + (
+MOVE_TRADES = _lock_feeds(
+    TRADE_STAGE, "trades", _IDLESS_TRADE_INDEX, "exchange || '/' || symbol"
+) + (
     f"INSERT INTO trades ({_names(TRADE_COLUMNS)}) "
     f"SELECT DISTINCT ON ({_names(_IDLESS_TRADE_KEY, 'staged.')}, staged.symbol_base, "
     "staged.symbol_quote, staged.trade_id) "
