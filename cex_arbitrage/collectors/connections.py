@@ -82,12 +82,18 @@ def discard(conn: asyncpg.Connection) -> None:
 
 
 class Connections:
-    """One connection at a time from a pool, or a dedicated one from a factory."""
+    """One connection at a time from a pool, or a dedicated one from a factory.
+
+    A dedicated connection runs one operation at a time, so writes that
+    overlap (two tasks calling one writer) take turns instead of colliding on
+    it ("another operation is in progress") and discarding it under each other.
+    """
 
     def __init__(self, target: asyncpg.Pool | ConnectFactory) -> None:
         self._pool = target if isinstance(target, asyncpg.Pool) else None
         self._factory = None if isinstance(target, asyncpg.Pool) else target
         self._conn: asyncpg.Connection | None = None
+        self._turn = asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def lease(self) -> AsyncIterator[asyncpg.Connection]:
@@ -101,16 +107,17 @@ class Connections:
                     raise
             return
         assert self._factory is not None
-        if self._conn is None or self._conn.is_closed():
-            self._conn = await self._factory()
-        conn = self._conn
-        try:
-            yield conn
-        except BaseException as exc:
-            if not leaves_connection_clean(exc):
-                discard(conn)
-                self._conn = None
-            raise
+        async with self._turn:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await self._factory()
+            conn = self._conn
+            try:
+                yield conn
+            except BaseException as exc:
+                if not leaves_connection_clean(exc):
+                    discard(conn)
+                    self._conn = None
+                raise
 
     async def close(self) -> None:
         if self._conn is not None and not self._conn.is_closed():

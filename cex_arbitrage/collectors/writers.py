@@ -9,10 +9,11 @@ is in the database and it is sent again. A transaction still in flight on a
 half-dead connection cannot slip through either: the batch id is the log's
 primary key, so a second insert of it waits for the first and then fails.
 
-Rows travel by COPY (binary), the fastest way into PostgreSQL. Book tickers
-are copied straight into their table; trades go through a temporary staging
-table so that `INSERT ... SELECT ... ON CONFLICT DO NOTHING` can drop trades
-already stored (replays after a websocket reconnect).
+Rows travel by COPY (binary), the fastest way into PostgreSQL, into a
+temporary staging table; one `INSERT ... SELECT` then moves the ones not
+stored yet, so a fact is stored once however many engines collect its feed
+and however often a reconnect replays it (statements.py: the natural keys,
+and why the move needs no unique index to be correct).
 """
 
 from __future__ import annotations
@@ -27,11 +28,7 @@ from typing import Generic, Protocol, TypeVar
 
 import asyncpg
 
-from cex_arbitrage.collectors.columns import (
-    BATCH_LOG_COLUMNS,
-    BOOK_TICKER_COLUMNS,
-    TRADE_COLUMNS,
-)
+from cex_arbitrage.collectors.columns import BATCH_LOG_COLUMNS, BOOK_TICKER_COLUMNS, TRADE_COLUMNS
 from cex_arbitrage.collectors.connections import (
     BATCH_LOG_PKEY,
     ConnectFactory,
@@ -41,6 +38,13 @@ from cex_arbitrage.collectors.connections import (
     retryable,
 )
 from cex_arbitrage.collectors.records import BookTicker, Trade
+from cex_arbitrage.collectors.statements import (
+    BOOK_TICKER_STAGE,
+    MOVE_BOOK_TICKERS,
+    MOVE_TRADES,
+    TRADE_STAGE,
+    create_stage,
+)
 
 __all__ = [
     "BatchWriter",
@@ -63,22 +67,10 @@ R_contra = TypeVar("R_contra", contravariant=True)
 _BATCH_RECORDED = "SELECT rows FROM ingest_batch_log WHERE batch_id = $1"
 _RECORD_BATCH = f"INSERT INTO ingest_batch_log ({', '.join(BATCH_LOG_COLUMNS)}) VALUES ($1, $2, $3)"
 
-_TRADE_LIST = ", ".join(f'"{column}"' for column in TRADE_COLUMNS)
-_TRADE_STAGE = "cex_stage_trades"
-# The staging table takes its column types from `trades` itself, so it follows
-# the migrated schema. ON COMMIT DELETE ROWS empties it at each commit; it is
-# created once per connection (IF NOT EXISTS: a no-op after the first batch).
-_CREATE_TRADE_STAGE = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_TRADE_STAGE} ON COMMIT DELETE ROWS AS "
-    f"SELECT {_TRADE_LIST} FROM trades WITH NO DATA"
+_CREATE_BOOK_TICKER_STAGE = create_stage(
+    BOOK_TICKER_STAGE, "book_ticker_snapshots", BOOK_TICKER_COLUMNS
 )
-_MOVE_TRADES = (
-    f"INSERT INTO trades ({_TRADE_LIST}) SELECT {_TRADE_LIST} FROM {_TRADE_STAGE} "
-    # The partial unique index uq_trades_dedup (migration 001): its predicate
-    # must be repeated for PostgreSQL to infer it as the arbiter.
-    'ON CONFLICT (exchange, symbol_base, symbol_quote, trade_id, "timestamp") '
-    "WHERE trade_id IS NOT NULL DO NOTHING"
-)
+_CREATE_TRADE_STAGE = create_stage(TRADE_STAGE, "trades", TRADE_COLUMNS)
 
 
 class WriteError(Exception):
@@ -260,7 +252,7 @@ class _Writer(Generic[R]):
 
 
 class BookTickerWriter(_Writer[BookTicker]):
-    """Writes book tickers into `book_ticker_snapshots` by COPY, exactly once per batch."""
+    """Writes book tickers into `book_ticker_snapshots`, each one once (its natural key)."""
 
     table = "book_ticker_snapshots"
 
@@ -277,14 +269,19 @@ class BookTickerWriter(_Writer[BookTicker]):
         )
 
     async def _insert(self, conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> int:
-        await conn.copy_records_to_table(
-            self.table, records=rows, columns=BOOK_TICKER_COLUMNS, timeout=self.timeout
+        return await _stage_and_move(
+            conn,
+            rows,
+            _CREATE_BOOK_TICKER_STAGE,
+            BOOK_TICKER_STAGE,
+            BOOK_TICKER_COLUMNS,
+            MOVE_BOOK_TICKERS,
+            self.timeout,
         )
-        return len(rows)
 
 
 class TradeWriter(_Writer[Trade]):
-    """Writes trades into `trades`, dropping ones already stored (same trade id)."""
+    """Writes trades into `trades`, dropping ones already stored (trade id, or natural key)."""
 
     table = "trades"
 
@@ -305,9 +302,22 @@ class TradeWriter(_Writer[Trade]):
         )
 
     async def _insert(self, conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> int:
-        await conn.execute(_CREATE_TRADE_STAGE, timeout=self.timeout)
-        await conn.copy_records_to_table(
-            _TRADE_STAGE, records=rows, columns=TRADE_COLUMNS, timeout=self.timeout
+        return await _stage_and_move(
+            conn, rows, _CREATE_TRADE_STAGE, TRADE_STAGE, TRADE_COLUMNS, MOVE_TRADES, self.timeout
         )
-        status = await conn.execute(_MOVE_TRADES, timeout=self.timeout)
-        return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <n>"
+
+
+async def _stage_and_move(
+    conn: asyncpg.Connection,
+    rows: list[tuple[object, ...]],
+    create: str,
+    stage: str,
+    columns: tuple[str, ...],
+    move: str,
+    timeout: float,
+) -> int:
+    """COPY the rows into the staging table, move the new ones; how many were new."""
+    await conn.execute(create, timeout=timeout)
+    await conn.copy_records_to_table(stage, records=rows, columns=columns, timeout=timeout)
+    status = await conn.execute(move, timeout=timeout)
+    return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <n>", the message's last command

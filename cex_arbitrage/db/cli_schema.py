@@ -51,7 +51,7 @@ async def _accept_drift(runner: MigrationRunner, db: DatabaseConfig) -> int:
     if not await runner.accept_drift():
         print(
             f"error: {db.display}: there is no fingerprint table to record into; apply "
-            "migration 007 (add_schema_fingerprint) first",
+            "migration 006 (add_schema_fingerprint) first",
             file=sys.stderr,
         )
         return int(ExitCode.REFUSED)

@@ -192,3 +192,5 @@ def test_shipped_downs_say_honestly_what_can_be_undone() -> None:
     assert not downs["002"].irreversible and "DROP TABLE" in downs["002"].sql
     assert "migration_is_applied('001')" in downs["003"].sql  # 001's table stays
     assert downs["004"].sql == "" and not downs["004"].irreversible  # a VACUUM: nothing
+    # 005: its indexes and the book-ticker archive go; the rows it archived are not put back
+    assert not downs["005"].irreversible and "uq_trades_natural_key" in downs["005"].sql

@@ -10,7 +10,7 @@
 -- -f` after 000 and before 001 (README, "Manual SQL execution").
 --
 -- migrate:feature trade_collection
--- migrate:description 001's constraint list, TimescaleDB detection and the chunk-by-chunk index build
+-- migrate:description 001's constraint list, TimescaleDB detection and the chunk-by-chunk index build 001 and 005 use
 
 -- 001's helpers live in the schema cex_migration, out of the application's
 -- way (docs/schema.md, "Helper functions and procedures").
@@ -116,7 +116,7 @@ BEGIN
         RETURN;
     END IF;
     IF cex_migration.timescaledb_version() < 222 THEN
-        RAISE NOTICE 'migration 001: building % on % in one transaction (inserts wait until it is '
+        RAISE NOTICE 'index build: % on % in one transaction (inserts wait until it is '
                      'built): per-chunk builds need TimescaleDB 2.22 or later', p_index, p_table;
         EXECUTE format('CREATE %sINDEX IF NOT EXISTS %I ON %s %s', kind, p_index, p_table, p_definition);
         RETURN;
@@ -136,7 +136,7 @@ BEGIN
                        kind, chunk_index, chunk.chunk_schema, chunk.chunk_name, p_definition);
         COMMIT;
         built := built + 1;
-        RAISE NOTICE 'migration 001: % on %: chunk %/% indexed', p_index, p_table, built, total;
+        RAISE NOTICE 'index build: % on %: chunk %/% indexed', p_index, p_table, built, total;
     END LOOP;
 
     -- Chunk creation takes SHARE UPDATE EXCLUSIVE on the hypertable: holding

@@ -3,7 +3,7 @@
 After every run that changed something (applied a migration or routine,
 adopted a psql run, finished background steps, went down), the runner
 records one row per schema object in `migration_schema_fingerprint`
-(migration 007): tables, columns with their types, indexes, constraints,
+(migration 006): tables, columns with their types, indexes, constraints,
 functions and procedures (a hash of the body), views, sequences, triggers,
 in every schema but the system's and the extensions'. `status --drift`
 computes the same rows again and names what was added, removed or changed
@@ -113,9 +113,9 @@ _READ_RECORDED = f"SELECT kind, name, definition, recorded_at, recorded_by FROM 
 
 
 async def record(conn: asyncpg.Connection, recorded_by: str) -> bool:
-    """Replace the recorded fingerprint with the schema as it is; False before migration 007.
+    """Replace the recorded fingerprint with the schema as it is; False before migration 006.
 
-    The table is looked up first rather than the error caught, so a set without 007
+    The table is looked up first rather than the error caught, so a set without 006
     leaves no error in the server's log. Then one message, so one implicit transaction:
     a reader sees the old rows or the new. The table lock (readers pass) queues a second
     recorder (a background task finishing while a run applies) until the first commits,
@@ -149,7 +149,7 @@ def record_statement(recorded_by: str) -> str:
 class Drift:
     """The schema now against the fingerprint recorded after the last run."""
 
-    recorded: bool  # False: no fingerprint (migration 007 not applied, or nothing recorded yet)
+    recorded: bool  # False: no fingerprint (migration 006 not applied, or nothing recorded yet)
     recorded_at: dt.datetime | None
     recorded_by: str | None
     digest: str  # of the schema now: equal digests, equal schemas
@@ -164,7 +164,7 @@ class Drift:
     def describe(self, database: str) -> str:
         if not self.recorded:
             return (
-                f"{database}: drift unknown: no schema fingerprint is recorded (migration 007 "
+                f"{database}: drift unknown: no schema fingerprint is recorded (migration 006 "
                 "records one after each run that changes the schema; apply it)"
             )
         when = self.recorded_at.isoformat(timespec="seconds") if self.recorded_at else "?"

@@ -206,7 +206,7 @@ class MigrationRunner:
             return await read_drift(c)
 
     async def accept_drift(self) -> bool:
-        """Record the schema as it is now as the fingerprint; False before migration 007.
+        """Record the schema as it is now as the fingerprint; False before migration 006.
 
         For a deliberate change outside migrations, or after a major-version upgrade
         (the server's deparsed definitions may read differently).

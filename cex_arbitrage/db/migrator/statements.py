@@ -72,38 +72,45 @@ async def statement_with_retry(
     index: int | None = None,
     conn: asyncpg.Connection | None = None,
     record: bool = True,
-) -> None:
-    """One autocommit statement of a `transaction:false` step, retried on lock timeouts."""
+    progress_sql: str | None = None,
+) -> bool:
+    """One statement of a `transaction:false` step, retried on lock timeouts.
+
+    With `progress_sql` (its record of completion) both go in one transaction
+    (repeat.py); a statement refused in a transaction block goes alone.
+    Returns whether the record went with it (else the caller records it).
+    """
     conn = conn or ctx.conn
     attempt = 0
     while True:
+        together = progress_sql is not None
         try:
-            await conn.execute(statement)
-            return
+            await conn.execute(
+                statement if progress_sql is None else _together(statement, progress_sql)
+            )
+            return together
         except LOCK_ERRORS as exc:
+            if together:
+                await rollback(ctx, m)
             attempt += 1
             if attempt > ctx.db.lock_retries:
                 if record:
                     await record_failure(
                         ctx, m, exc, step, background=background, statement=statement
                     )
-                pids, blockers = await find_blockers(conn)
-                raise TableLockTimeoutError(
-                    f"{ctx.database}: {m.label}: step {step.name}: could not get a lock "
-                    f"within {ctx.db.lock_timeout_ms} ms after {attempt} attempts: {exc}."
-                    f"{blockers} Statements before it are done; run again to resume here",
-                    version=m.version,
-                    step=step.name,
-                    statement_index=index,
-                    attempts=attempt,
-                    blocking_pids=pids,
-                ) from exc
+                raise await _lock_timeout(ctx, m, step, conn, exc, attempt, index) from exc
             index_name = concurrent_index_name(statement)
             if index_name is not None:
                 await drop_invalid_index(ctx, m, index_name)
             await backoff(ctx, m, attempt, exc)
         except Exception as exc:
-            if record and not is_connection_lost(exc):
+            lost = is_connection_lost(exc)
+            if together and not lost:
+                await rollback(ctx, m)
+            if together and isinstance(exc, asyncpg.ActiveSQLTransactionError):
+                progress_sql = None  # refused in a block before it ran: send it alone
+                continue
+            if record and not lost:
                 await record_failure(ctx, m, exc, step, background=background, statement=statement)
             raise wrap(
                 ctx,
@@ -114,6 +121,36 @@ async def statement_with_retry(
                 statement=statement,
                 statement_index=index,
             ) from exc
+
+
+async def _lock_timeout(
+    ctx: RunContext,
+    m: Migration,
+    step: Step,
+    conn: asyncpg.Connection,
+    exc: BaseException,
+    attempt: int,
+    index: int | None,
+) -> TableLockTimeoutError:
+    pids, blockers = await find_blockers(conn)
+    return TableLockTimeoutError(
+        f"{ctx.database}: {m.label}: step {step.name}: could not get a lock "
+        f"within {ctx.db.lock_timeout_ms} ms after {attempt} attempts: {exc}."
+        f"{blockers} Statements before it are done; run again to resume here",
+        version=m.version,
+        step=step.name,
+        statement_index=index,
+        attempts=attempt,
+        blocking_pids=pids,
+    )
+
+
+def _together(statement: str, progress_sql: str) -> str:
+    """The statement and its progress record as one transaction, in one message."""
+    return (
+        "BEGIN;\nSET LOCAL standard_conforming_strings = on;\n"
+        f"{statement}\n;\n{progress_sql};\nCOMMIT;"
+    )
 
 
 async def backoff(ctx: RunContext, m: Migration, attempt: int, exc: BaseException) -> None:

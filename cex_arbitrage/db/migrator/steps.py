@@ -17,10 +17,11 @@ import time
 
 from cex_arbitrage.db.migrator import history as hist
 from cex_arbitrage.db.migrator.failures import execute
-from cex_arbitrage.db.migrator.invalid_index import drop_invalid_index
+from cex_arbitrage.db.migrator.invalid_index import done_before, drop_invalid_index
 from cex_arbitrage.db.migrator.model import Migration, Routine, Step
 from cex_arbitrage.db.migrator.parallel import parallel_statement
 from cex_arbitrage.db.migrator.plan import PlannedMigration
+from cex_arbitrage.db.migrator.repeat import StatementKind, classify
 from cex_arbitrage.db.migrator.session import RunContext
 from cex_arbitrage.db.migrator.split import concurrent_index_name
 from cex_arbitrage.db.migrator.statements import statement_with_retry, transaction_with_retry
@@ -185,7 +186,7 @@ async def _run_steps(
             message = f"{_PREAMBLE}{step.sql}\n;\n{record}\nCOMMIT;"
             await transaction_with_retry(ctx, m, message, step=step, background=background)
         else:
-            await _autocommit_step(ctx, m, step, first, background)
+            await _autocommit_step(ctx, m, step, first, background, resumed=index == pm.start_step)
             step_ms = _ms_since(step_started)
             record = _record(
                 ctx,
@@ -204,9 +205,13 @@ async def _run_steps(
 
 
 async def _autocommit_step(
-    ctx: RunContext, m: Migration, step: Step, first: int, background: bool
+    ctx: RunContext, m: Migration, step: Step, first: int, background: bool, *, resumed: bool
 ) -> None:
-    """A `transaction:false` step from statement `first`, recording each one done."""
+    """A `transaction:false` step from statement `first`, recording each one done.
+
+    `resumed`: statement `first` is where this run takes the migration up, so
+    an earlier run may have finished it without recording it (repeat.py).
+    """
     statements = step.statements
     for j in sorted(i for i in step.session_statements if i < first):
         # Resuming on a new connection: re-establish the step's session state.
@@ -215,22 +220,45 @@ async def _autocommit_step(
             f"{j + 1} before resuming at statement {first + 1}"
         )
         await statement_with_retry(ctx, m, step, statements[j], background=background, index=j)
-    parallel = step.parallel and ctx.settings.parallel_sessions > 1
     for j in range(first, len(statements)):
-        statement = statements[j]
-        index_name = concurrent_index_name(statement)
-        if index_name is not None:
-            await drop_invalid_index(ctx, m, index_name)
-        if parallel:
-            replay = [statements[k] for k in sorted(step.session_statements) if k < j]
-            await parallel_statement(
-                ctx, m, step, statement, index=j, background=background, replay=replay
-            )
-        else:
-            await statement_with_retry(ctx, m, step, statement, background=background, index=j)
-        await execute(
-            ctx,
+        progress = (
             f"UPDATE migration_history SET statements_done = {j + 1} "
-            f"WHERE version = {hist.literal(m.version)}",
-            m,
+            f"WHERE version = {hist.literal(m.version)}"
         )
+        kind = classify(statements[j])
+        if resumed and j == first and await done_before(ctx, m, step, kind):
+            await execute(ctx, progress, m)
+            continue
+        if not await _send_statement(ctx, m, step, j, background, progress, kind):
+            await execute(ctx, progress, m)
+
+
+async def _send_statement(
+    ctx: RunContext,
+    m: Migration,
+    step: Step,
+    j: int,
+    background: bool,
+    progress: str,
+    kind: StatementKind,
+) -> bool:
+    """Statement `j` of the step; True when its progress record went with it."""
+    statement = step.statements[j]
+    index_name = concurrent_index_name(statement)
+    if index_name is not None:
+        await drop_invalid_index(ctx, m, index_name)
+    if step.parallel and ctx.settings.parallel_sessions > 1:
+        replay = [step.statements[k] for k in sorted(step.session_statements) if k < j]
+        await parallel_statement(
+            ctx, m, step, statement, index=j, background=background, replay=replay
+        )
+        return False
+    return await statement_with_retry(
+        ctx,
+        m,
+        step,
+        statement,
+        background=background,
+        index=j,
+        progress_sql=progress if kind.in_transaction else None,
+    )

@@ -72,10 +72,10 @@ async def second_db(admin_config: DatabaseConfig) -> AsyncIterator[DatabaseConfi
 
 async def test_down_of_003_and_002_and_back_up_again(db: DatabaseConfig) -> None:
     ok(cli(db, *TRADES_OFF))
-    assert await versions(db) == ["000", "002", "003", "007"]
+    assert await versions(db) == ["000", "002", "003", "006"]
 
     walked = ok(cli(db, "down", "--target", "002", *TRADES_OFF))
-    assert "undone 007" in walked.stdout and "003 (" in walked.stdout, explain(walked)
+    assert "undone 006" in walked.stdout and "003 (" in walked.stdout, explain(walked)
     assert "the schema is at 002" in walked.stdout
     assert await versions(db) == ["000", "002"]
     assert not await has_table(db, "book_ticker_snapshots")
@@ -90,7 +90,7 @@ async def test_down_of_003_and_002_and_back_up_again(db: DatabaseConfig) -> None
 
     again = ok(cli(db, *TRADES_OFF))
     assert "applied 002" in again.stdout, explain(again)
-    assert await versions(db) == ["000", "002", "003", "007"]
+    assert await versions(db) == ["000", "002", "003", "006"]
     ok(cli(db, "status", "--exit-code", *TRADES_OFF))
     assert drift_json(db, *TRADES_OFF)["drifted"] is False
 
@@ -109,7 +109,7 @@ async def test_003_keeps_the_table_001_needs_and_a_vacuum_undoes_nothing(
     assert await versions(db) == ["000", "001", "002"], explain(walked)
     assert (await fetch(db, "SELECT count(*) AS n FROM book_ticker_snapshots"))[0]["n"] == 1
     ok(cli(db))
-    assert await versions(db) == ["000", "001", "002", "003", "004", "007"]
+    assert await versions(db) == ["000", "001", "002", "003", "004", "006"]
     assert drift_json(db)["drifted"] is False
 
 
@@ -120,7 +120,7 @@ async def test_irreversible_001_stops_the_walk_before_anything_ran(db: DatabaseC
     assert refused.returncode == ExitCode.REFUSED, explain(refused)
     assert "001_add_trade_collection_support.down.sql marks it irreversible" in refused.stderr
     assert "restore a backup taken before 001" in refused.stderr
-    assert "the walk (007, 004, 003, 002, 001, newest first)" in refused.stderr
+    assert "the walk (006, 004, 003, 002, 001, newest first)" in refused.stderr
     assert "Nothing was undone" in refused.stderr
     assert await fetch(db, "SELECT * FROM migration_history ORDER BY version") == before
     for table in ("migration_schema_fingerprint", "ingest_batch_log", "book_ticker_snapshots"):
@@ -143,7 +143,7 @@ async def test_a_down_that_drops_rows_needs_the_flag_and_says_how_many(
     assert refused.returncode == ExitCode.REFUSED, explain(refused)
     assert "down of 003 drops table public.book_ticker_snapshots with 3 row(s)" in refused.stderr
     assert "--allow-data-loss" in refused.stderr and "Nothing was undone" in refused.stderr
-    # not even 007, the first in the walk: the walk was rehearsed and rolled back
+    # not even 006, the first in the walk: the walk was rehearsed and rolled back
     assert await fetch(db, "SELECT * FROM migration_history ORDER BY version") == before
     assert await has_table(db, "migration_schema_fingerprint")
 
@@ -179,7 +179,7 @@ def test_down_through_migrate_sh(db: DatabaseConfig) -> None:
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert down.returncode == 0, explain(down)
-    assert "undone 007" in down.stdout
+    assert "undone 006" in down.stdout
 
 
 # --------------------------------------------------------------------------
@@ -232,11 +232,11 @@ async def test_drift_outside_migrations_is_named_and_exits_6(db: DatabaseConfig)
     assert drift_json(db)["drifted"] is False
 
 
-async def test_accept_drift_before_007_is_refused(db: DatabaseConfig) -> None:
+async def test_accept_drift_before_006_is_refused(db: DatabaseConfig) -> None:
     ok(cli(db, "--target", "004"))
     refused = cli(db, "accept-drift")
     assert refused.returncode == ExitCode.REFUSED, explain(refused)
-    assert "apply migration 007" in refused.stderr
+    assert "apply migration 006" in refused.stderr
 
 
 async def test_fresh_and_legacy_upgraded_databases_show_no_drift_and_one_fingerprint(
@@ -251,7 +251,7 @@ async def test_fresh_and_legacy_upgraded_databases_show_no_drift_and_one_fingerp
     assert legacy["digest"] == fresh["digest"]
 
 
-async def test_drift_is_unknown_before_007_and_not_an_error(db: DatabaseConfig) -> None:
+async def test_drift_is_unknown_before_006_and_not_an_error(db: DatabaseConfig) -> None:
     ok(cli(db, "--target", "004"))
     result = ok(cli(db, "status", "--drift"))
     assert "drift unknown: no schema fingerprint is recorded" in result.stdout
@@ -272,10 +272,10 @@ async def test_new_down_scaffolds_a_down_file_that_down_runs(
     down.write_text(down.read_text().replace("\nSELECT 1;\n", "\nDROP TABLE widgets;\n", 1))
     ok(cli(db, *dir_args))
     assert await has_table(db, "widgets")
-    walked = ok(cli(db, "down", "--target", "007", *dir_args))
+    walked = ok(cli(db, "down", "--target", "006", *dir_args))
     assert "undone 008" in walked.stdout, explain(walked)
     assert not await has_table(db, "widgets")
-    assert await versions(db) == ["000", "002", "003", "007"]
+    assert await versions(db) == ["000", "002", "003", "006"]
     # the down's transaction recorded the fingerprint it left: widgets is not "removed"
     assert drift_json(db, *dir_args)["drifted"] is False
 

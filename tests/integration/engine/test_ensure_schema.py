@@ -264,7 +264,7 @@ async def test_boot_records_the_fingerprint_after_applying_and_after_background_
     """The shipped set: the foreground records, the background task records again (its
     indexes are schema too), and a boot with nothing to do records nothing."""
     first = await ensure_schema(conn, features={"trade_collection": True}, config=db)
-    assert "007" in first.applied and first.background is not None
+    assert "006" in first.applied and first.background is not None
     recorded = "SELECT max(recorded_at) AS at, count(*) AS n FROM migration_schema_fingerprint"
     after_foreground = await conn.fetchrow(recorded)
     index = (

@@ -189,8 +189,8 @@ async def test_replayed_trades_with_duplicates_land_once(
         "FROM trades WHERE trade_id IS NOT NULL"
     )
     assert distinct == len(keys)
-    # Trades without an id cannot be told apart from a replay: kept each time.
-    assert await admin.fetchval("SELECT count(*) FROM trades WHERE trade_id IS NULL") == 2 * no_id
+    # Trades without an id: their natural key (exchange, pair, time, price, quantity, side).
+    assert await admin.fetchval("SELECT count(*) FROM trades WHERE trade_id IS NULL") == no_id
     row = await admin.fetchrow(
         "SELECT symbol, symbol_base, symbol_quote FROM trades WHERE exchange = 'GATEIO' LIMIT 1"
     )
@@ -198,7 +198,7 @@ async def test_replayed_trades_with_duplicates_land_once(
     logged = await admin.fetchval(
         "SELECT sum(rows) FROM ingest_batch_log WHERE table_name = 'trades'"
     )
-    assert logged == len(keys) + 2 * no_id
+    assert logged == len(keys) + no_id
 
 
 async def test_trade_without_raw_symbol_is_stored_as_base_slash_quote(

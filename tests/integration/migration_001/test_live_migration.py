@@ -296,10 +296,21 @@ async def assert_legacy_rows_accounted_for(conn: asyncpg.Connection, facts: Lega
     archived = {
         r["id"]: r["kept_id"]
         for r in await conn.fetch(
-            "SELECT id, kept_id FROM trades_duplicates_removed WHERE id <= $1", facts.max_id
+            "SELECT id, kept_id FROM trades_duplicates_removed "
+            "WHERE id <= $1 AND trade_id IS NOT NULL",
+            facts.max_id,
         )
     }
     assert archived == facts.removed
+    # 005: a trade without an id archived only as a repeat of its natural key, the
+    # kept row (a lower id) still stored.
+    not_repeats = await conn.fetchval(
+        "SELECT count(*) FROM trades_duplicates_removed d WHERE d.trade_id IS NULL AND NOT EXISTS "
+        "(SELECT 1 FROM trades t WHERE t.id = d.kept_id AND t.id < d.id AND t.trade_id IS NULL "
+        "AND (t.exchange, t.symbol, t.timestamp, t.price, t.quantity, t.side)"
+        " = (d.exchange, d.symbol, d.timestamp, d.price, d.quantity, d.side))"
+    )
+    assert not_repeats == 0
     remaining = await conn.fetchval(
         "SELECT count(*) FROM (SELECT 1 FROM trades WHERE trade_id IS NOT NULL "
         "AND symbol_base IS NOT NULL GROUP BY exchange, symbol_base, symbol_quote, trade_id "

@@ -1,4 +1,4 @@
--- Migration 007: where the runner records the schema fingerprint, for `status --drift`.
+-- Migration 006: where the runner records the schema fingerprint, for `status --drift`.
 --
 -- After every run that changed the schema (applied a migration or routine,
 -- adopted a manual psql run, finished background steps, went down), the
@@ -37,4 +37,4 @@ COMMENT ON TABLE migration_schema_fingerprint IS
 GRANT SELECT ON migration_schema_fingerprint TO PUBLIC;
 
 -- migrate:psql-only
-SELECT migration_record_manual('007', 'add_schema_fingerprint');
+SELECT migration_record_manual('006', 'add_schema_fingerprint');
