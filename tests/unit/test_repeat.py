@@ -16,7 +16,7 @@ from cex_arbitrage.db.migrator.repeat import StatementKind, classify
         ("SELECT set_config('work_mem', '1GB', false);", StatementKind("in transaction", True)),
         ("-- note\nVACUUM (ANALYZE) trades;", StatementKind("vacuum", False)),
         ("vacuum;", StatementKind("vacuum", False)),
-        ("CALL cex_backfill_trade_symbols();", StatementKind("call", False)),
+        ("CALL cex_migration.backfill_trade_symbols();", StatementKind("call", False)),
         ("DO $$ BEGIN COMMIT; END $$;", StatementKind("do", False)),
         ("REINDEX INDEX CONCURRENTLY i;", StatementKind("reindex", False)),
         (

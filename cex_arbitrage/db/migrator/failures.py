@@ -34,7 +34,9 @@ def is_connection_lost(exc: BaseException) -> bool:
     return sqlstate in _CONNECTION_SQLSTATES or sqlstate.startswith("08")
 
 
-def file_line(m: Migration, sent: str | None, exc: BaseException) -> int | None:
+def file_line(
+    m: Migration, sent: str | None, exc: BaseException, statement: str | None = None
+) -> int | None:
     """The file line the server's error position points at, in the text `sent`.
 
     The position counts characters of what was sent (1-based): a step's SQL
@@ -46,6 +48,9 @@ def file_line(m: Migration, sent: str | None, exc: BaseException) -> int | None:
     if not sent or not position or not str(position).isdigit():
         return None
     index, cursor = int(position) - 1, 0
+    if statement and statement != sent and statement in sent:  # sent with its record
+        index -= sent.find(statement)
+        sent = statement
     for step in m.steps:  # whole steps inside the message, in order
         start = sent.find(step.sql, cursor)
         if start < 0:
@@ -87,7 +92,7 @@ def wrap(
     """The operator's error for `exc`, raised while running `m` (at `step`, `statement`)."""
     if isinstance(exc, MigrationError):
         return exc
-    line = file_line(m, sent or statement, exc)
+    line = file_line(m, sent or statement, exc, statement)
     where = f"{ctx.database}: {m.label}" + (f": step {step.name}" if step is not None else "")
     step_name = step.name if step is not None else None
     if is_connection_lost(exc):

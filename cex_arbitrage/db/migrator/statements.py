@@ -84,10 +84,9 @@ async def statement_with_retry(
     attempt = 0
     while True:
         together = progress_sql is not None
+        sent = statement if progress_sql is None else _together(statement, progress_sql)
         try:
-            await conn.execute(
-                statement if progress_sql is None else _together(statement, progress_sql)
-            )
+            await conn.execute(sent)
             return together
         except LOCK_ERRORS as exc:
             if together:
@@ -120,6 +119,7 @@ async def statement_with_retry(
                 background=background,
                 statement=statement,
                 statement_index=index,
+                sent=sent,
             ) from exc
 
 

@@ -50,7 +50,7 @@ def test_the_shipped_set_lints_clean_and_a_new_scaffold_too(shipped_copy: Path) 
 
 
 def test_a_finding_exits_4_naming_file_line_rule_and_hint(shipped_copy: Path) -> None:
-    bad = shipped_copy / "005_price_index.sql"
+    bad = shipped_copy / "090_price_index.sql"
     bad.write_text(BAD)
     result = run_cli_process(["lint", str(bad)], _env(), cwd=shipped_copy)
     assert result.returncode == 4, explain(result)
@@ -68,7 +68,7 @@ def test_a_finding_exits_4_naming_file_line_rule_and_hint(shipped_copy: Path) ->
 
 
 def test_a_suppression_needs_a_reason(shipped_copy: Path) -> None:
-    bad = shipped_copy / "005_price_index.sql"
+    bad = shipped_copy / "090_price_index.sql"
     bare = BAD.replace("CREATE", "-- lint:ignore index-not-concurrent\nCREATE")
     bad.write_text(bare)
     refused = run_cli_process(["lint", str(bad)], _env(), cwd=shipped_copy)
@@ -81,7 +81,7 @@ def test_a_suppression_needs_a_reason(shipped_copy: Path) -> None:
 
 
 def test_migrate_sh_lint_and_a_missing_file(shipped_copy: Path) -> None:
-    bad = shipped_copy / "005_price_index.sql"
+    bad = shipped_copy / "090_price_index.sql"
     bad.write_text(BAD)
     script = subprocess.run(
         [str(REPO / "migrate.sh"), "lint", str(bad)],

@@ -104,12 +104,12 @@ async def test_003_keeps_the_table_001_needs_and_a_vacuum_undoes_nothing(
                       "VALUES (now(), 'x', 'BTC', 'USDT', 1, 1, 1, 1)")  # fmt: skip
     dry = ok(cli(db, "down", "--target", "002", "--dry-run"))
     assert "down 004_vacuum_after_trade_backfill.down.sql [applied]: undo: nothing" in dry.stdout
-    assert "drops table public.book_ticker_snapshots" not in dry.stdout  # 001 needs it
+    assert "drops table public.book_ticker_snapshots:" not in dry.stdout  # 001 needs it
     walked = ok(cli(db, "down", "--target", "002"))  # no rows lost: no flag needed
     assert await versions(db) == ["000", "001", "002"], explain(walked)
     assert (await fetch(db, "SELECT count(*) AS n FROM book_ticker_snapshots"))[0]["n"] == 1
     ok(cli(db))
-    assert await versions(db) == ["000", "001", "002", "003", "004", "006"]
+    assert await versions(db) == ["000", "001", "002", "003", "004", "005", "006"]
     assert drift_json(db)["drifted"] is False
 
 
@@ -120,7 +120,7 @@ async def test_irreversible_001_stops_the_walk_before_anything_ran(db: DatabaseC
     assert refused.returncode == ExitCode.REFUSED, explain(refused)
     assert "001_add_trade_collection_support.down.sql marks it irreversible" in refused.stderr
     assert "restore a backup taken before 001" in refused.stderr
-    assert "the walk (006, 004, 003, 002, 001, newest first)" in refused.stderr
+    assert "the walk (006, 005, 004, 003, 002, 001, newest first)" in refused.stderr
     assert "Nothing was undone" in refused.stderr
     assert await fetch(db, "SELECT * FROM migration_history ORDER BY version") == before
     for table in ("migration_schema_fingerprint", "ingest_batch_log", "book_ticker_snapshots"):
@@ -267,13 +267,13 @@ async def test_new_down_scaffolds_a_down_file_that_down_runs(
     dir_args = ["--migrations-dir", str(directory), *TRADES_OFF]
     new = ok(cli(db, "new", "add_widgets", "--down", "--migrations-dir", str(directory)))
     up, down = (Path(line) for line in new.stdout.split())
-    assert (up.name, down.name) == ("008_add_widgets.sql", "008_add_widgets.down.sql")
+    assert (up.name, down.name) == ("007_add_widgets.sql", "007_add_widgets.down.sql")
     up.write_text(up.read_text().replace("\nSELECT 1;\n", "\nCREATE TABLE widgets (id int);\n", 1))
     down.write_text(down.read_text().replace("\nSELECT 1;\n", "\nDROP TABLE widgets;\n", 1))
     ok(cli(db, *dir_args))
     assert await has_table(db, "widgets")
     walked = ok(cli(db, "down", "--target", "006", *dir_args))
-    assert "undone 008" in walked.stdout, explain(walked)
+    assert "undone 007" in walked.stdout, explain(walked)
     assert not await has_table(db, "widgets")
     assert await versions(db) == ["000", "002", "003", "006"]
     # the down's transaction recorded the fingerprint it left: widgets is not "removed"

@@ -189,7 +189,7 @@ async def _marked(db: DatabaseConfig) -> bool:
 async def test_a_surviving_engine_takes_over_background_work_whose_engine_was_killed(
     db: DatabaseConfig, tmp_path: Path
 ) -> None:
-    d = shipped_plus(tmp_path / "m", {"005_slow_background.sql": SLOW_BACKGROUND})
+    d = shipped_plus(tmp_path / "m", {"090_slow_background.sql": SLOW_BACKGROUND})
     (tmp_path / "config.yaml").write_text("migrations:\n  background_retry_interval: 0.5\n")
     env = pg_env(db, {"CEX_MIGRATIONS_DIR": str(d)})
     logs = tmp_path / "a.log", tmp_path / "b.log"
@@ -207,7 +207,7 @@ async def test_a_surviving_engine_takes_over_background_work_whose_engine_was_ki
         assert f"being run by pid {a_pid}" in logs[1].read_text()
         status = run_cli_process(["status", "--exit-code"], env, tmp_path)
         assert status.returncode == 0, explain(status)
-        assert f"005 background steps being run now by pid {a_pid}" in status.stdout
+        assert f"090 background steps being run now by pid {a_pid}" in status.stdout
 
         # A server-side end of the watcher's session (a restart, a DBA) does not end the watch.
         await fetch(
@@ -223,12 +223,12 @@ async def test_a_surviving_engine_takes_over_background_work_whose_engine_was_ki
         )
 
         kill(first)
-        await until(lambda: _state_is(db, "005", "applied"), "engine B finishes the work", 60)
+        await until(lambda: _state_is(db, "090", "applied"), "engine B finishes the work", 60)
         b_said = await until(
             lambda: _said(logs[1], "taken over from a runner that stopped"),
             "engine B reports the takeover",
         )
-        assert "005" in str(b_said)
+        assert "090" in str(b_said)
         assert second.poll() is None  # still collecting
         marks = [r["n"] for r in await fetch(db, "SELECT DISTINCT n FROM marks ORDER BY n")]
         assert marks == [1, 2, 3]

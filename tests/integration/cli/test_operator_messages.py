@@ -170,7 +170,7 @@ async def test_runners_that_find_the_background_work_finished_by_another_say_so(
 ) -> None:
     """A --wait-background run and a watching engine both find the work done by the CLI
     that held it: neither reports it pending, nor claims to have finished it."""
-    d = shipped_plus(tmp_path / "m", {"005_slow_background.sql": SLOW_BACKGROUND})
+    d = shipped_plus(tmp_path / "m", {"090_slow_background.sql": SLOW_BACKGROUND})
     (tmp_path / "config.yaml").write_text("migrations:\n  background_retry_interval: 0.5\n")
     env = pg_env(db, {"CEX_MIGRATIONS_DIR": str(d)})
     cli = [sys.executable, "-m", "cex_arbitrage.db.migrate"]
@@ -205,5 +205,5 @@ async def test_runners_that_find_the_background_work_finished_by_another_say_so(
     engine_log = (tmp_path / "engine.log").read_text()
     assert "another runner finished it" in engine_log
     assert "background migration work finished on" not in engine_log
-    assert await state_of(db, "005") == "applied"
+    assert await state_of(db, "090") == "applied"
     assert [r["n"] for r in await fetch(db, "SELECT n FROM marks ORDER BY n")] == [1, 2]

@@ -254,7 +254,7 @@ async def test_005_on_tables_with_duplicates_and_a_live_writer_loses_nothing(
     conn = await asyncpg.connect(**db.connect_kwargs())
     try:
         hypertables = await conn.fetchval(
-            "SELECT count(*) FILTER (WHERE cex_is_hypertable(t::regclass)) "
+            "SELECT count(*) FILTER (WHERE cex_migration.is_hypertable(t::regclass)) "
             "FROM unnest(ARRAY['book_ticker_snapshots', 'trades']) AS t"
         )
         timescale = await conn.fetchval(
