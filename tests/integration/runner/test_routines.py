@@ -233,7 +233,8 @@ async def test_backfill_half_done_with_counters_in_json_resumes_with_typed_count
         assert await conn.fetchval("SELECT to_regclass('cex_backfill_chunks')") is not None
         assert await conn.fetchval("SELECT to_regclass('cex_backfill_totals')") is None
 
-        result = run_cli_process([], pg_env(db), tmp_path)
+        # up to 004: 005 would archive id-less repeats too, which 001's counters do not count
+        result = run_cli_process(["--target", "004"], pg_env(db), tmp_path)
 
         assert result.returncode == ExitCode.OK, result.stderr
         await assert_legacy_outcome(conn, data)
