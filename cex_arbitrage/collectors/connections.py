@@ -40,8 +40,25 @@ def is_connection_loss(exc: BaseException) -> bool:
     )
 
 
+# What Citus says to a statement caught at the switch-over of
+# create_distributed_table_concurrently (migration 007; docs/citus.md): planned
+# against the table's old placement, or as a local table that is now distributed.
+_CITUS_SWITCHOVER = (
+    "could not find valid entry for shard",  # XX000
+    "direct joins between distributed and local tables",  # 0A000
+)
+
+
+def is_citus_switchover(exc: BaseException) -> bool:
+    """A statement that met a table while Citus distributed it; it rolled back, a retry succeeds."""
+    return isinstance(
+        exc,
+        (asyncpg.exceptions.InternalServerError, asyncpg.exceptions.FeatureNotSupportedError),
+    ) and any(text in str(exc) for text in _CITUS_SWITCHOVER)
+
+
 def retryable(exc: BaseException) -> bool:
-    """Connection loss, or a client-side state error that a fresh connection cures.
+    """Connection loss, a Citus switch-over, or a client-side state error a fresh connection cures.
 
     asyncpg reports a connection closed under a transaction, or left
     mid-operation by a terminated backend, as InterfaceError or
@@ -49,7 +66,11 @@ def retryable(exc: BaseException) -> bool:
     discarded (see leaves_connection_clean), so a retry starts clean. A
     client-side DataError (a value asyncpg cannot encode) is not retried.
     """
-    if is_connection_loss(exc) or isinstance(exc, asyncpg.exceptions.InternalClientError):
+    if (
+        is_connection_loss(exc)
+        or is_citus_switchover(exc)
+        or isinstance(exc, asyncpg.exceptions.InternalClientError)
+    ):
         return True
     return isinstance(exc, asyncpg.exceptions.InterfaceError) and not isinstance(exc, ValueError)
 

@@ -23,6 +23,16 @@ writer runs before, during and after 005's background build):
   A unique index being built but not yet valid does not hold every stored
   row, so it cannot be relied on.
 
+On a Citus coordinator whose tables migration 007 distributed, Citus cannot
+plan the NOT EXISTS lookup (a join of a local staging table with a
+distributed table), and needs none: 007 distributes only after 005's key
+indexes are valid, and a distributed table keeps them. The writers ask once
+whether their table is distributed (DISTRIBUTED) and then send the plain
+insert (MOVE_*_DISTRIBUTED). Its `RETURNING 1` is what makes the count
+right: for `INSERT ... SELECT ... ON CONFLICT` into a distributed table
+Citus reports the rows it sent, not the rows inserted, unless the statement
+returns rows (docs/citus.md, measured).
+
 Either way DISTINCT drops repeats inside the batch, and `ON CONFLICT DO
 NOTHING` has no conflict target: it uses whatever unique indexes exist
 (uq_trades_dedup, 005's) and needs none; a targeted one would fail while
@@ -112,4 +122,22 @@ MOVE_TRADES = _lock_feeds(
     "OR NOT EXISTS (SELECT 1 FROM trades stored "
     f"WHERE stored.trade_id IS NULL AND {_same(_IDLESS_TRADE_KEY)}) "
     "ON CONFLICT DO NOTHING"
+)
+
+
+# Whether Citus is installed, then whether `$1` is one of its distributed tables.
+CITUS_INSTALLED = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+DISTRIBUTED = "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass($1))"
+
+MOVE_BOOK_TICKERS_DISTRIBUTED = (
+    f"INSERT INTO book_ticker_snapshots ({_names(BOOK_TICKER_COLUMNS)}) "
+    f"SELECT DISTINCT {_names(BOOK_TICKER_COLUMNS)} FROM {BOOK_TICKER_STAGE} "
+    "ON CONFLICT DO NOTHING RETURNING 1"
+)
+
+MOVE_TRADES_DISTRIBUTED = (
+    f"INSERT INTO trades ({_names(TRADE_COLUMNS)}) "
+    f"SELECT DISTINCT ON ({_names(_IDLESS_TRADE_KEY)}, symbol_base, symbol_quote, trade_id) "
+    f"{_names(TRADE_COLUMNS)} FROM {TRADE_STAGE} "
+    "ON CONFLICT DO NOTHING RETURNING 1"
 )

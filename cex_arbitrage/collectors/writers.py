@@ -34,14 +34,19 @@ from cex_arbitrage.collectors.connections import (
     ConnectFactory,
     Connections,
     is_bad_data,
+    is_citus_switchover,
     is_connection_loss,
     retryable,
 )
 from cex_arbitrage.collectors.records import BookTicker, Trade
 from cex_arbitrage.collectors.statements import (
     BOOK_TICKER_STAGE,
+    CITUS_INSTALLED,
+    DISTRIBUTED,
     MOVE_BOOK_TICKERS,
+    MOVE_BOOK_TICKERS_DISTRIBUTED,
     MOVE_TRADES,
+    MOVE_TRADES_DISTRIBUTED,
     TRADE_STAGE,
     create_stage,
 )
@@ -67,10 +72,32 @@ R_contra = TypeVar("R_contra", contravariant=True)
 _BATCH_RECORDED = "SELECT rows FROM ingest_batch_log WHERE batch_id = $1"
 _RECORD_BATCH = f"INSERT INTO ingest_batch_log ({', '.join(BATCH_LOG_COLUMNS)}) VALUES ($1, $2, $3)"
 
-_CREATE_BOOK_TICKER_STAGE = create_stage(
-    BOOK_TICKER_STAGE, "book_ticker_snapshots", BOOK_TICKER_COLUMNS
+
+@dataclasses.dataclass(frozen=True)
+class _Path:
+    """How one table's rows travel: the staging table, its columns, the two moves."""
+
+    stage: str
+    columns: tuple[str, ...]
+    create: str
+    move: str  # local table: lock per feed and NOT EXISTS until 005's key index is valid
+    move_distributed: str  # Citus distributed table (migration 007): the index alone
+
+
+_BOOK_TICKER_PATH = _Path(
+    BOOK_TICKER_STAGE,
+    BOOK_TICKER_COLUMNS,
+    create_stage(BOOK_TICKER_STAGE, "book_ticker_snapshots", BOOK_TICKER_COLUMNS),
+    MOVE_BOOK_TICKERS,
+    MOVE_BOOK_TICKERS_DISTRIBUTED,
 )
-_CREATE_TRADE_STAGE = create_stage(TRADE_STAGE, "trades", TRADE_COLUMNS)
+_TRADE_PATH = _Path(
+    TRADE_STAGE,
+    TRADE_COLUMNS,
+    create_stage(TRADE_STAGE, "trades", TRADE_COLUMNS),
+    MOVE_TRADES,
+    MOVE_TRADES_DISTRIBUTED,
+)
 
 
 class WriteError(Exception):
@@ -114,6 +141,7 @@ class _Writer(Generic[R]):
     """The exactly-once batch protocol; subclasses say how rows reach their table."""
 
     table = ""
+    path: _Path
 
     def __init__(
         self,
@@ -131,6 +159,8 @@ class _Writer(Generic[R]):
         self.max_retry_delay = max_retry_delay
         self.timeout = timeout
         self.database = database or "database"
+        # Whether the table is distributed (Citus, migration 007); None: ask on the next batch.
+        self._distributed: bool | None = None
 
     async def close(self) -> None:
         """Close a dedicated connection (a pool is the caller's to close)."""
@@ -200,10 +230,14 @@ class _Writer(Generic[R]):
                 delay *= random.uniform(0.5, 1.0)  # spread the reconnects of many engines
                 attempt += 1
                 result.retries = attempt
+                # Citus may have distributed the table meanwhile (migration 007): ask again.
+                self._distributed = None
                 log.warning(
-                    "%s: connection to %s lost during batch %s (%r); retry %d/%d in %.2fs",
+                    "%s: %s during batch %s (%r); retry %d/%d in %.2fs",
                     self.table,
-                    self.database,
+                    f"Citus distributed {self.table} on {self.database}"
+                    if is_citus_switchover(exc)
+                    else f"connection to {self.database} lost",
                     batch_id,
                     exc,
                     attempt,
@@ -240,14 +274,15 @@ class _Writer(Generic[R]):
         self, conn: asyncpg.Connection, batch_id: uuid.UUID, rows: list[tuple[object, ...]]
     ) -> int:
         async with conn.transaction():
-            inserted = await self._insert(conn, rows)
+            if self._distributed is None:
+                self._distributed = await _is_distributed(conn, self.table, self.timeout)
+            inserted = await _stage_and_move(
+                conn, rows, self.path, distributed=self._distributed, timeout=self.timeout
+            )
             await conn.execute(_RECORD_BATCH, batch_id, self.table, inserted, timeout=self.timeout)
         return inserted
 
     def _row(self, record: R) -> tuple[object, ...]:
-        raise NotImplementedError
-
-    async def _insert(self, conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> int:
         raise NotImplementedError
 
 
@@ -255,6 +290,7 @@ class BookTickerWriter(_Writer[BookTicker]):
     """Writes book tickers into `book_ticker_snapshots`, each one once (its natural key)."""
 
     table = "book_ticker_snapshots"
+    path = _BOOK_TICKER_PATH
 
     def _row(self, record: BookTicker) -> tuple[object, ...]:
         return (
@@ -268,22 +304,12 @@ class BookTickerWriter(_Writer[BookTicker]):
             record.ask_qty,
         )
 
-    async def _insert(self, conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> int:
-        return await _stage_and_move(
-            conn,
-            rows,
-            _CREATE_BOOK_TICKER_STAGE,
-            BOOK_TICKER_STAGE,
-            BOOK_TICKER_COLUMNS,
-            MOVE_BOOK_TICKERS,
-            self.timeout,
-        )
-
 
 class TradeWriter(_Writer[Trade]):
     """Writes trades into `trades`, dropping ones already stored (trade id, or natural key)."""
 
     table = "trades"
+    path = _TRADE_PATH
 
     def _row(self, record: Trade) -> tuple[object, ...]:
         return (
@@ -301,23 +327,28 @@ class TradeWriter(_Writer[Trade]):
             record.is_maker,
         )
 
-    async def _insert(self, conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> int:
-        return await _stage_and_move(
-            conn, rows, _CREATE_TRADE_STAGE, TRADE_STAGE, TRADE_COLUMNS, MOVE_TRADES, self.timeout
-        )
+
+async def _is_distributed(conn: asyncpg.Connection, table: str, timeout: float) -> bool:
+    """Whether `table` is a Citus distributed table (asked once per writer, and after a retry)."""
+    if not await conn.fetchval(CITUS_INSTALLED, timeout=timeout):
+        return False
+    return bool(await conn.fetchval(DISTRIBUTED, table, timeout=timeout))
 
 
 async def _stage_and_move(
     conn: asyncpg.Connection,
     rows: list[tuple[object, ...]],
-    create: str,
-    stage: str,
-    columns: tuple[str, ...],
-    move: str,
+    path: _Path,
+    *,
+    distributed: bool,
     timeout: float,
 ) -> int:
     """COPY the rows into the staging table, move the new ones; how many were new."""
-    await conn.execute(create, timeout=timeout)
-    await conn.copy_records_to_table(stage, records=rows, columns=columns, timeout=timeout)
-    status = await conn.execute(move, timeout=timeout)
+    await conn.execute(path.create, timeout=timeout)
+    await conn.copy_records_to_table(
+        path.stage, records=rows, columns=path.columns, timeout=timeout
+    )
+    status = await conn.execute(
+        path.move_distributed if distributed else path.move, timeout=timeout
+    )
     return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <n>", the message's last command

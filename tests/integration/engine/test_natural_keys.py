@@ -29,6 +29,7 @@ from cex_arbitrage.collectors import (
     Trade,
     TradeWriter,
 )
+from cex_arbitrage.collectors.columns import BOOK_TICKER_COLUMNS
 from cex_arbitrage.db.structs import DatabaseConfig
 from tests.support.cli import run_cli_process
 from tests.support.databases import pg_env
@@ -193,16 +194,7 @@ async def store_with_duplicates(conn: asyncpg.Connection, n: int) -> None:
     await conn.copy_records_to_table(
         "book_ticker_snapshots",
         records=book_rows,
-        columns=[
-            "timestamp",
-            "exchange",
-            "symbol_base",
-            "symbol_quote",
-            "bid_price",
-            "bid_qty",
-            "ask_price",
-            "ask_qty",
-        ],
+        columns=list(BOOK_TICKER_COLUMNS),  # the writers' declaration, in its order
     )
     await conn.copy_records_to_table(
         "trades",
