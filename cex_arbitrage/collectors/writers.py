@@ -232,18 +232,7 @@ class _Writer(Generic[R]):
                 result.retries = attempt
                 # Citus may have distributed the table meanwhile (migration 007): ask again.
                 self._distributed = None
-                log.warning(
-                    "%s: %s during batch %s (%r); retry %d/%d in %.2fs",
-                    self.table,
-                    f"Citus distributed {self.table} on {self.database}"
-                    if is_citus_switchover(exc)
-                    else f"connection to {self.database} lost",
-                    batch_id,
-                    exc,
-                    attempt,
-                    self.max_retries,
-                    delay,
-                )
+                self._log_retry(batch_id, exc, attempt, delay)
                 await asyncio.sleep(delay)
                 continue
             inserted, already = recorded
@@ -258,6 +247,25 @@ class _Writer(Generic[R]):
                     self.database,
                 )
             return result
+
+    def _log_retry(
+        self, batch_id: uuid.UUID, exc: BaseException, attempt: int, delay: float
+    ) -> None:
+        cause = (
+            f"Citus distributed {self.table} on {self.database}"
+            if is_citus_switchover(exc)
+            else f"connection to {self.database} lost"
+        )
+        log.warning(
+            "%s: %s during batch %s (%r); retry %d/%d in %.2fs",
+            self.table,
+            cause,
+            batch_id,
+            exc,
+            attempt,
+            self.max_retries,
+            delay,
+        )
 
     async def _attempt(
         self, batch_id: uuid.UUID, rows: list[tuple[object, ...]], *, check_first: bool

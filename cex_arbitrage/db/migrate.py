@@ -221,7 +221,7 @@ async def _apply(
             f"`background` runs them here): {', '.join(result.background_pending)}"
         )
     for m in result.plan.disabled:
-        print(f"{db.display}: skipped {m.filename}: feature {m.feature} is disabled")
+        print(f"{db.display}: skipped {m.filename}: {result.plan.skipped_because[m.version]}")
     return 0
 
 

@@ -1,9 +1,12 @@
 -- Migration 007: on a Citus coordinator, distribute trades and book tickers.
 --
--- Without Citus every statement here is a no-op (each checks
--- cex_migration.on_citus(), or builds its index on an empty temporary
--- stand-in), so this one file runs on plain PostgreSQL, TimescaleDB and
--- Citus, by the runner and by plain `psql -f`. On Citus it takes the tables
+-- For Citus only (`migrate:extension citus`): where the extension is not
+-- installed the runner neither runs nor records this migration, so a
+-- single-node database that is later restored onto a Citus coordinator finds
+-- it pending there. Under plain `psql -f` every statement is a no-op without
+-- Citus (each checks cex_migration.on_citus(), or builds its index on an
+-- empty temporary stand-in), so the file runs on plain PostgreSQL,
+-- TimescaleDB and Citus alike. On Citus it takes the tables
 -- 000 to 006 built as local tables on the coordinator, full of data and
 -- written to, to hash-distributed tables co-located by symbol_base, while
 -- the collectors keep writing. The same steps serve a fresh database, a
@@ -43,6 +46,7 @@
 --   retry after a timeout or a lost connection starts from that check.
 --
 -- migrate:feature trade_collection
+-- migrate:extension citus
 -- migrate:depends 001, 003, 005
 -- migrate:description On Citus: move unsplittable trades aside, keys with symbol_base, distribute
 

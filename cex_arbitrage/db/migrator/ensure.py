@@ -106,8 +106,10 @@ async def ensure_schema(
 
 async def _ensure(ctx: RunContext, catalog: Catalog) -> SchemaReport:
     settings = ctx.settings
-    history = await read_history_lean(ctx.conn)  # the one round trip of the usual boot
-    plan = make_plan(catalog, history, settings.features, ctx.database)
+    lean = await read_history_lean(ctx.conn)  # the one round trip of the usual boot
+    plan = make_plan(
+        catalog, lean.history, settings.features, ctx.database, extensions=lean.extensions
+    )
     started = time.monotonic()
     applied: list[str] = []
     if plan.foreground or plan.has_bookkeeping:
@@ -152,8 +154,10 @@ async def _wait_until_current(ctx: RunContext, catalog: Catalog) -> Plan:
     started = time.monotonic()
     next_log = 0.0
     while True:
-        history = await read_history_lean(ctx.conn)
-        plan = make_plan(catalog, history, settings.features, ctx.database)
+        lean = await read_history_lean(ctx.conn)
+        plan = make_plan(
+            catalog, lean.history, settings.features, ctx.database, extensions=lean.extensions
+        )
         if not plan.foreground:
             return plan
         waited = time.monotonic() - started

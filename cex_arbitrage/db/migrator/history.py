@@ -8,7 +8,8 @@ fresh database. So no read ever names a table that may be missing:
   asks `to_regclass` and hands the SELECT to `ts_stat()` as text, a core
   function that runs a query given as a string (so a missing table is never
   parsed). The query returns each row as one space-separated word in a tsvector
-  (`array_to_tsvector`), and ts_stat gives the lexemes back as words. Core
+  (`array_to_tsvector`), and ts_stat gives the lexemes back as words; the
+  installed extensions come along as words `extension NAME`. Core
   only: `query_to_xml` would do the same but needs a server built with
   libxml, which the embedded PostgreSQL is not.
 - The full reads (apply under the lock, status) first ask whether the table
@@ -42,11 +43,13 @@ ORDER BY version
 # answer costs about one bare round trip (bench/bench_boot.py). Through ts_stat
 # (module docstring): one word per row, no rows before 000 ran. A
 # lexeme holds at most 2047 bytes; a lean row is under 200.
-_BOOT_CHECK = """
+_EXTENSIONS = "SELECT array_to_tsvector(array_agg(''extension '' || extname)) FROM pg_extension"
+_BOOT_CHECK = f"""
 SELECT word FROM ts_stat(CASE WHEN to_regclass('migration_history') IS NULL
-    THEN 'SELECT NULL::tsvector'
+    THEN '{_EXTENSIONS}'
     ELSE 'SELECT array_to_tsvector(ARRAY[concat_ws('' '', version, state, '
-         'coalesce(checksum, ''-''), steps_done, statements_done)]) FROM migration_history'
+         'coalesce(checksum, ''-''), steps_done, statements_done)]) FROM migration_history '
+         'UNION ALL {_EXTENSIONS}'
     END)
 """
 
@@ -117,21 +120,30 @@ class DatabaseState:
 
     has_history: bool
     history: dict[str, HistoryRow]
+    # Installed extensions: a migration for one (migrate:extension) applies only where it is.
+    extensions: frozenset[str] = frozenset()
 
 
 async def read_state(conn: asyncpg.Connection) -> DatabaseState:
     """All history rows; whether 000 has created the table, asked first (no failed SELECT)."""
+    extensions = frozenset(
+        await conn.fetchval("SELECT array_agg(extname::text) FROM pg_extension") or ()
+    )
     if not await _exists(conn, "migration_history"):
-        return DatabaseState(False, {})
+        return DatabaseState(False, {}, extensions)
     rows = await conn.fetch(_READ_STATE)
-    return DatabaseState(True, {r["version"]: _history_row(r) for r in rows})
+    return DatabaseState(True, {r["version"]: _history_row(r) for r in rows}, extensions)
 
 
-async def read_history_lean(conn: asyncpg.Connection) -> dict[str, HistoryRow]:
-    """The history with just the fields planning needs; empty before 000 ran. One round trip."""
+async def read_history_lean(conn: asyncpg.Connection) -> DatabaseState:
+    """The history with just the fields planning needs, and the extensions. One round trip."""
     history: dict[str, HistoryRow] = {}
+    extensions: set[str] = set()
     for (word,) in await conn.fetch(_BOOT_CHECK):
         # Versions (digits, R__snake_case), states and hex checksums hold no space.
+        if word.startswith("extension "):
+            extensions.add(word.removeprefix("extension "))
+            continue
         version, state, checksum, steps_done, statements_done = word.split(" ")
         history[version] = HistoryRow(
             version=version,
@@ -151,7 +163,7 @@ async def read_history_lean(conn: asyncpg.Connection) -> dict[str, HistoryRow]:
             last_error=None,
             failed_statement=None,
         )
-    return history
+    return DatabaseState(bool(history), history, frozenset(extensions))
 
 
 def _history_row(r: asyncpg.Record) -> HistoryRow:

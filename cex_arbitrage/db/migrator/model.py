@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Collection, Mapping
 
 from cex_arbitrage.db.migrator.split import split_statements
 
@@ -63,6 +64,23 @@ class Migration:
     # purpose, with the same schema (`-- migrate:replaces CHECKSUM REASON`):
     # a database that recorded one of them is current, not edited.
     replaces: frozenset[str] = frozenset()
+    # A PostgreSQL extension the migration is for (`-- migrate:extension citus`):
+    # where it is not installed the migration does not apply (not run, not
+    # recorded), and it becomes pending when the extension appears (a database
+    # restored onto a Citus coordinator).
+    extension: str | None = None
+
+    def applies(self, features: Mapping[str, bool], extensions: Collection[str]) -> bool:
+        """Whether its feature is on and its extension (if any) is installed."""
+        return (self.feature is None or bool(features.get(self.feature, False))) and (
+            self.extension is None or self.extension in extensions
+        )
+
+    def why_not(self, features: Mapping[str, bool]) -> str:
+        """Why it does not apply here (call when `applies` is false)."""
+        if self.feature is not None and not features.get(self.feature, False):
+            return f"feature {self.feature} is disabled"
+        return f"extension {self.extension} is not installed"
 
     @property
     def foreground_steps(self) -> tuple[Step, ...]:

@@ -31,15 +31,16 @@ _DIRECTIVE_LIKE_RE = re.compile(r"^\s*--\s*migrate\s*:", re.IGNORECASE)
 # The same for a directive without its colon (`-- migrate step x`): only a directive word
 # right after `-- migrate ` counts, so `-- migrate the data` or `-- migrated rows` stay comments.
 _DIRECTIVE_NO_COLON_RE = re.compile(
-    r"^\s*--\s*migrate\s+(?P<key>feature|depends|description|replaces|irreversible|step|session"
+    r"^\s*--\s*migrate\s+(?P<key>feature|extension|depends|description|replaces|irreversible|step|session"
     r"|psql-only)"
     r"(?![\w-])",
     re.IGNORECASE,
 )
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+_EXTENSION_RE = re.compile(r"^[a-z0-9_-]+$")
 _CHECKSUM_RE = re.compile(r"^[0-9a-f]{64}$")
-_HEADER_KEYS = ("feature", "depends", "description", "replaces", "irreversible")
-_MIGRATION_KEYS = ("feature", "depends", "description", "replaces")
+_HEADER_KEYS = ("feature", "extension", "depends", "description", "replaces", "irreversible")
+_MIGRATION_KEYS = ("feature", "extension", "depends", "description", "replaces")
 _REPEATABLE_KEYS = ("replaces",)
 _ROUTINE_KEYS = ("feature", "description")
 _STEP_FLAGS = ("transaction:false", "background", "parallel")
@@ -103,6 +104,7 @@ def parse_migration(filename: str, text: str) -> Migration:
         steps=tuple(steps),
         checksum=checksum_of(text),
         replaces=_replaces(filename, header),
+        extension=_extension(filename, header),
     )
 
 
@@ -307,6 +309,16 @@ def header_values(filename: str, scan: Scan, allowed: tuple[str, ...]) -> dict[s
             )
         values.setdefault(key, []).append(value)
     return values
+
+
+def _extension(filename: str, header: dict[str, list[str]]) -> str | None:
+    extension = header.get("extension", [None])[0]
+    if extension is not None and not _EXTENSION_RE.match(extension):
+        raise MigrationFileError(
+            f"{filename}: migrate:extension {extension!r} is not an extension name",
+            filename=filename,
+        )
+    return extension
 
 
 def _feature(filename: str, header: dict[str, list[str]]) -> str | None:

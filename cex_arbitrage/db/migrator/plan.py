@@ -9,7 +9,7 @@ routines changed.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from cex_arbitrage.db.migrator.history import HistoryRow
 from cex_arbitrage.db.migrator.model import Catalog, Migration, Routine
@@ -46,12 +46,14 @@ class Plan:
     target: str | None
     foreground: tuple[PlannedMigration, ...]
     background: tuple[PlannedMigration, ...]
-    disabled: tuple[Migration, ...]
+    disabled: tuple[Migration, ...]  # not for here: a feature off, an extension missing
     adopt_checksum: tuple[Migration, ...]  # applied by hand with psql: record the checksum
     # Recorded with the checksum of an earlier release this file replaces: record this one.
     replaced_checksum: tuple[Migration, ...] = ()
     # Routines new or changed since they were recorded: run before any other step.
     routines: tuple[Routine, ...] = ()
+    # Why each of `disabled` does not apply here, by version.
+    skipped_because: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -86,7 +88,7 @@ class Plan:
         for m in self.replaced_checksum:
             lines.append(f"record checksum of {m.filename} (it replaces the recorded release)")
         for m in self.disabled:
-            lines.append(f"skip {m.filename}: feature {m.feature} is disabled")
+            lines.append(f"skip {m.filename}: {self.skipped_because[m.version]}")
         return "\n".join(lines)
 
 
@@ -146,16 +148,22 @@ def make_plan(
     features: Mapping[str, bool],
     database: str,
     target: str | None = None,
+    *,
+    extensions: Collection[str] = frozenset(),
 ) -> Plan:
-    """Compare files with history and decide what runs, or refuse."""
+    """Compare files with history and decide what runs, or refuse.
+
+    A migration applies where its feature is on and its extension (if it
+    names one) is installed; `extensions` are the database's.
+    """
     migrations = catalog.migrations
     rows = versioned(history)
     refuse_unknown_rows(catalog, rows, database)
     check_checksums(migrations, rows, database)
     if target is not None:
         target = _checked_target(catalog, rows, target.strip(), database)
-    sorted_ = _sort(migrations, rows, features, target)
-    _check_dependencies(catalog, sorted_.foreground, rows, features, target, database)
+    sorted_ = _sort(migrations, rows, features, extensions, target)
+    _check_dependencies(catalog, sorted_.foreground, rows, (features, extensions), target, database)
     background = [
         *sorted_.background,
         *(
@@ -170,6 +178,7 @@ def make_plan(
         foreground=tuple(sorted_.foreground),
         background=tuple(background),
         disabled=tuple(sorted_.disabled),
+        skipped_because={m.version: m.why_not(features) for m in sorted_.disabled},
         adopt_checksum=tuple(sorted_.adopt),
         replaced_checksum=tuple(sorted_.replaced),
         routines=_changed_routines(catalog.routines, history, features),
@@ -241,6 +250,7 @@ def _sort(
     migrations: Sequence[Migration],
     rows: Mapping[str, HistoryRow],
     features: Mapping[str, bool],
+    extensions: Collection[str],
     target: str | None,
 ) -> _Sorted:
     """Phase 4: each migration to foreground, background, disabled or bookkeeping."""
@@ -252,7 +262,7 @@ def _sort(
         applied = row is not None and row.is_applied and row.checksum is not None
         if applied and row is not None and row.checksum != m.checksum:
             out.replaced.append(m)  # it matched an earlier release this file replaces
-        if not _enabled(m, features):
+        if not m.applies(features, extensions):
             if row is None:
                 out.disabled.append(m)
             elif row.state is MigrationState.BACKGROUND:
@@ -278,7 +288,7 @@ def _check_dependencies(
     catalog: Catalog,
     foreground: Sequence[PlannedMigration],
     rows: Mapping[str, HistoryRow],
-    features: Mapping[str, bool],
+    environment: tuple[Mapping[str, bool], Collection[str]],
     target: str | None,
     database: str,
 ) -> None:
@@ -292,8 +302,8 @@ def _check_dependencies(
                 continue
             dep_m = by_version[dep]
             why = (
-                f"it belongs to feature {dep_m.feature}, which is disabled"
-                if not _enabled(dep_m, features)
+                _not_here(dep_m, environment[0])
+                if not dep_m.applies(*environment)
                 else f"it is above the target {target}"
                 if target is not None
                 else "it is not applied"
@@ -321,8 +331,10 @@ def _changed_routines(
     return tuple(changed)
 
 
-def _enabled(m: Migration, features: Mapping[str, bool]) -> bool:
-    return m.feature is None or bool(features.get(m.feature, False))
+def _not_here(m: Migration, features: Mapping[str, bool]) -> str:
+    if m.feature is not None and not features.get(m.feature, False):
+        return f"it belongs to feature {m.feature}, which is disabled"
+    return f"it is for extension {m.extension}, which is not installed"
 
 
 def _resume(m: Migration, row: HistoryRow) -> PlannedMigration:

@@ -45,7 +45,14 @@ async def apply_plan(ctx: RunContext, catalog: Catalog, target: str | None) -> R
         ctx.conn, lock.MIGRATE_LOCK, settings.lock_wait_timeout, ctx.database, ctx.say
     ):
         state = await read_state(ctx.conn)
-        plan = make_plan(catalog, state.history, settings.features, ctx.database, target)
+        plan = make_plan(
+            catalog,
+            state.history,
+            settings.features,
+            ctx.database,
+            target,
+            extensions=state.extensions,
+        )
         result = RunResult(plan=plan)
         if plan.foreground or plan.routines:
             result.warnings.extend(await _preflight(ctx))
@@ -116,7 +123,13 @@ async def background_pass(
         return BackgroundOutcome(elsewhere=holder)
     try:
         state = await read_state(ctx.conn)
-        plan = make_plan(catalog, state.history, ctx.settings.features, ctx.database)
+        plan = make_plan(
+            catalog,
+            state.history,
+            ctx.settings.features,
+            ctx.database,
+            extensions=state.extensions,
+        )
         if plan.routines:  # the background steps call them: bring them up to date first
             await _apply_routines_locked(ctx, catalog)
         outcome = BackgroundOutcome()
@@ -187,7 +200,9 @@ async def _apply_routines_locked(ctx: RunContext, catalog: Catalog) -> None:
         ctx.conn, lock.MIGRATE_LOCK, settings.lock_wait_timeout, ctx.database, ctx.say
     ):
         state = await read_state(ctx.conn)
-        plan = make_plan(catalog, state.history, settings.features, ctx.database)
+        plan = make_plan(
+            catalog, state.history, settings.features, ctx.database, extensions=state.extensions
+        )
         await ctx.prepare()
         try:
             await _apply_routines(ctx, plan.routines)

@@ -96,7 +96,12 @@ class MigrationRunner:
         async with owned_connection(conn, self.db_config) as c:
             state = await read_state(c)
         return make_plan(
-            catalog, state.history, self.settings.features, self.db_config.display, target_version
+            catalog,
+            state.history,
+            self.settings.features,
+            self.db_config.display,
+            target_version,
+            extensions=state.extensions,
         )
 
     async def migrate(
@@ -120,8 +125,15 @@ class MigrationRunner:
         async with owned_connection(conn, self.db_config) as c:
             ctx = self._context(c)
             # Validate before taking any lock: an edited file or a bad target is refused at once.
-            history = await read_history_lean(c)
-            plan = make_plan(catalog, history, self.settings.features, database, target_version)
+            lean = await read_history_lean(c)
+            plan = make_plan(
+                catalog,
+                lean.history,
+                self.settings.features,
+                database,
+                target_version,
+                extensions=lean.extensions,
+            )
             if plan.foreground or plan.has_bookkeeping:
                 result = await apply_plan(ctx, catalog, target_version)
             else:
@@ -176,6 +188,7 @@ class MigrationRunner:
             progress,
             self.settings.features,
             locks=(held.get(lock.MIGRATE_LOCK), held.get(lock.BACKGROUND_LOCK)),
+            extensions=state.extensions,
         )
 
     async def down(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cex_arbitrage.db.migrator.history import HistoryRow, ProgressRow
@@ -47,6 +47,13 @@ class MigrationStatus:
     step_timings: Mapping[str, int]
     activity: str | None = None  # APPLYING, INTERRUPTED, BACKGROUND_RUNNING/ORPHANED
     runner: Holder | None = None  # the live session doing it (APPLYING, BACKGROUND_RUNNING)
+    extension: str | None = None  # the extension the migration is for (migrate:extension)
+
+    @property
+    def scope(self) -> str:
+        """The FEATURE column: its feature (or core), and its extension when it names one."""
+        feature = self.feature or "core"
+        return f"{feature}+{self.extension}" if self.extension else feature
 
     @property
     def needs_attention(self) -> bool:
@@ -74,6 +81,7 @@ def collect_status(
     features: Mapping[str, bool],
     *,
     locks: tuple[Holder | None, Holder | None] | None = None,
+    extensions: Collection[str] = frozenset(),
 ) -> list[MigrationStatus]:
     """Versioned migrations in version order (files and history rows), then routines.
 
@@ -83,7 +91,7 @@ def collect_status(
     by_version = catalog.by_version()
     versions = {v for v, row in history.items() if not row.is_routine} | set(by_version)
     rows = [
-        _versioned_status(by_version.get(v), history.get(v), progress, features)
+        _versioned_status(by_version.get(v), history.get(v), progress, (features, extensions))
         for v in sorted(versions, key=lambda v: (int(v), v))
     ]
     if locks is not None:
@@ -120,15 +128,14 @@ def _versioned_status(
     m: Migration | None,
     h: HistoryRow | None,
     progress: Sequence[ProgressRow],
-    features: Mapping[str, bool],
+    environment: tuple[Mapping[str, bool], Collection[str]],
 ) -> MigrationStatus:
     version = m.version if m is not None else h.version if h is not None else "?"
     tasks = [p for p in progress if p.version == version]
     if m is None:
         state = MigrationState.UNKNOWN
     elif h is None:
-        enabled = m.feature is None or features.get(m.feature, False)
-        state = MigrationState.PENDING if enabled else MigrationState.DISABLED
+        state = MigrationState.PENDING if m.applies(*environment) else MigrationState.DISABLED
     else:
         state = h.state
     checksum_ok: bool | None = None
@@ -138,6 +145,7 @@ def _versioned_status(
         version=version,
         name=m.name if m else (h.name if h else "?"),
         feature=m.feature if m else (h.feature if h else None),
+        extension=m.extension if m else None,
         state=state,
         applied_at=h.applied_at if h else None,
         execution_ms=h.execution_ms if h else None,
@@ -198,9 +206,7 @@ def format_table(rows: Sequence[MigrationStatus], *, verbose: bool = False) -> s
         if r.background_ms:
             duration += f" (+{r.background_ms} ms bg)"
         checksum = {True: "ok", False: "CHANGED", None: "-"}[r.checksum_ok]
-        table.append(
-            (r.version, r.name, r.feature or "core", r.state.value, applied, duration, checksum)
-        )
+        table.append((r.version, r.name, r.scope, r.state.value, applied, duration, checksum))
         note = _activity_note(r)
         if note:
             notes.append(f"  {r.version} {note}")
