@@ -58,8 +58,14 @@ async def _execute(config: DatabaseConfig, *statements: str) -> None:
         await conn.close()
 
 
-async def citus_database(admin: DatabaseConfig) -> AsyncIterator[DatabaseConfig]:
-    """A new database on the coordinator and every worker, with citus, nodes registered."""
+async def citus_database(
+    admin: DatabaseConfig, *, shard_count: int = 4
+) -> AsyncIterator[DatabaseConfig]:
+    """A new database on the coordinator and every worker, with citus, nodes registered.
+
+    `shard_count` (citus.shard_count for the database): 4 keeps a concurrent
+    distribution in a test to a few seconds; production keeps Citus' 32.
+    """
     workers = await citus_workers(admin)
     assert workers, "the Citus coordinator has no worker registered"
     name = f"cex_citus_test_{uuid.uuid4().hex[:12]}"
@@ -73,6 +79,10 @@ async def citus_database(admin: DatabaseConfig) -> AsyncIterator[DatabaseConfig]
                 f'CREATE DATABASE "{name}"',
             )
             await _execute(on_node(admin, host, port, name), "CREATE EXTENSION citus")
+        await _execute(
+            on_node(admin, admin.host, admin.port, "postgres"),
+            f'ALTER DATABASE "{name}" SET citus.shard_count = {int(shard_count)}',
+        )
         await _execute(
             coordinator,
             f"SELECT citus_set_coordinator_host('{admin.host}', {admin.port})",

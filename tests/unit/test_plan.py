@@ -21,6 +21,7 @@ from cex_arbitrage.errors import (
     DatabaseAheadError,
     ExitCode,
     MigrationError,
+    MigrationFileError,
     MissingDependencyError,
     TargetBelowAppliedError,
     UnknownTargetError,
@@ -183,3 +184,50 @@ def test_recorded_states_are_exactly_those_000_allows() -> None:
 def test_checksum_ignores_line_endings() -> None:
     assert checksum_of("a\r\nb\r\n") == checksum_of("a\nb\n")
     assert dataclasses.replace(CORE, replaces=frozenset({"x"})).checksum_matches("x")
+
+
+CITUS_ONLY = parse_migration(
+    "004_distribute.sql",
+    "-- migrate:feature trade_collection\n-- migrate:extension citus\n-- migrate:depends 002\n"
+    "SELECT 1;\n",
+)
+AFTER_CITUS = parse_migration("005_on_shards.sql", "-- migrate:depends 004\nSELECT 1;\n")
+
+
+@pytest.mark.parametrize(
+    ("extensions", "features", "runs", "skipped_because"),
+    [
+        ({"plpgsql"}, ON, [], "extension citus is not installed"),
+        ({"plpgsql", "citus"}, ON, ["004"], None),
+        ({"plpgsql", "citus"}, OFF, [], "feature trade_collection is disabled"),
+    ],
+    ids=["no-citus", "citus", "citus-feature-off"],
+)
+def test_a_migration_for_an_extension_applies_only_where_it_is_installed(
+    extensions: set[str], features: dict[str, bool], runs: list[str], skipped_because: str | None
+) -> None:
+    """Not run and not recorded without it; pending once it appears (a restored database)."""
+    catalog = Catalog((INFRA, CORE, TRADES, AFTER, CITUS_ONLY))
+    applied = history(row(INFRA), row(CORE), row(TRADES), row(AFTER))
+    p = make_plan(catalog, applied, features, "db", extensions=extensions)
+    assert [pm.migration.version for pm in p.foreground] == runs
+    if skipped_because is None:
+        assert not p.disabled
+    else:
+        assert [m.version for m in p.disabled] == ["004"]
+        assert p.skipped_because["004"] == skipped_because
+        assert f"skip 004_distribute.sql: {skipped_because}" in p.describe()
+
+
+def test_a_dependency_on_a_missing_extension_is_refused_naming_it() -> None:
+    catalog = Catalog((INFRA, CORE, TRADES, AFTER, CITUS_ONLY, AFTER_CITUS))
+    applied = history(row(INFRA), row(CORE), row(TRADES), row(AFTER))
+    with pytest.raises(MissingDependencyError) as refused:
+        make_plan(catalog, applied, ON, "db", extensions={"plpgsql"})
+    assert refused.value.dependency == "004"
+    assert refused.value.reason == "it is for extension citus, which is not installed"
+
+
+def test_an_extension_name_is_checked_when_the_file_is_read() -> None:
+    with pytest.raises(MigrationFileError, match="is not an extension name"):
+        parse_migration("004_x.sql", "-- migrate:extension Citus!\nSELECT 1;\n")
