@@ -27,7 +27,10 @@ LANGUAGE sql STABLE AS $$
     SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
 $$;
 
--- True when P_TABLE is a Citus distributed table (in pg_dist_partition).
+-- True when P_TABLE is a Citus hash-distributed table. Not merely in
+-- pg_dist_partition: create_distributed_table_concurrently first makes the
+-- table a Citus local table (partmethod 'n', one shard on the coordinator),
+-- and a call cut off half-way leaves it so, with every row (measured).
 CREATE OR REPLACE FUNCTION cex_migration.is_distributed(p_table regclass)
 RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
@@ -37,7 +40,8 @@ BEGIN
     IF NOT cex_migration.on_citus() THEN
         RETURN false;
     END IF;
-    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1)'
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1 '
+            'AND partmethod = ''h'')'
         INTO found USING p_table;
     RETURN found;
 END
@@ -145,9 +149,15 @@ $$;
 -- coordinator; a role needs pg_read_all_stats to see other databases' queries)
 -- shows another session in one (its call, or this procedure's), up to cex.distribution_wait_s
 -- seconds (default 600), then raises naming it. Must be CALLed outside a
--- transaction block (Citus refuses one) and before anything in the
--- transaction takes a transaction id: the replication slot Citus creates
--- waits for every transaction that holds one, its caller's too.
+-- transaction block (Citus refuses one), and nothing in the transaction may
+-- hold a transaction id when the call starts: the replication slot Citus
+-- creates waits for every transaction that holds one, its caller's too.
+-- A call cut off half-way (its session killed) leaves the table a Citus
+-- local table with all its rows, and new shards, replication slots,
+-- publications and subscriptions listed in pg_dist_cleanup, which Citus'
+-- maintenance daemon drops within seconds (measured); a retry drops them
+-- first (citus_cleanup_orphaned_resources, committed before the call, so
+-- the slot does not wait on it) and distributes the Citus local table.
 -- citus.enable_unsafe_triggers: the tables carry the symbol-fill trigger,
 -- which Citus refuses to distribute without it; transaction-local here.
 CREATE OR REPLACE PROCEDURE cex_migration.distribute_table(
@@ -158,6 +168,7 @@ DECLARE
         coalesce(nullif(current_setting('cex.distribution_wait_s', true), '')::integer, 600);
     started CONSTANT timestamptz := clock_timestamp();
     other record;
+    leftovers boolean;
 BEGIN
     IF NOT cex_migration.on_citus() OR cex_migration.is_distributed(p_table) THEN
         RETURN;
@@ -177,6 +188,11 @@ BEGIN
         END IF;
         PERFORM pg_sleep(1);
     END LOOP;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_dist_cleanup)' INTO leftovers;
+    IF leftovers THEN
+        CALL citus_cleanup_orphaned_resources();
+        COMMIT;
+    END IF;
     PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
     IF p_colocate_with IS NULL THEN
         EXECUTE 'SELECT create_distributed_table_concurrently($1, $2)'

@@ -37,6 +37,7 @@ from tests.support.legacy_data import (
     pg_program,
     schema_dump,
 )
+from tests.support.processes import cli, kill, running_query, shipped_plus, start, until
 
 pytestmark = pytest.mark.citus
 
@@ -168,12 +169,16 @@ async def test_a_legacy_database_moves_to_citus_while_a_writer_collects(
     )
     assert written == [(collector.sent, collector.sent)]
     assert collector.result.inserted == collector.sent
-    print(f"writer: {collector.sent} trades, {collector.result.retries} retries, slowest batch {collector.slowest * 1000:.0f} ms")
+    print(
+        f"writer: {collector.sent} trades, {collector.result.retries} retries, "
+        f"slowest batch {collector.slowest * 1000:.0f} ms"
+    )
     # Every legacy row is in trades, trades_unsplit, or the duplicate archive.
     (kept, unsplit, archived, null_base) = (
         await _fetch(
             citus_db,
-            "SELECT (SELECT count(*) FROM trades WHERE trade_id IS NULL OR trade_id NOT LIKE 'w-%'),"
+            "SELECT (SELECT count(*) FROM trades"
+            " WHERE trade_id IS NULL OR trade_id NOT LIKE 'w-%'),"
             " (SELECT count(*) FROM trades_unsplit),"
             " (SELECT count(*) FROM trades_duplicates_removed),"
             " (SELECT count(*) FROM trades_unsplit WHERE symbol_base IS NOT NULL)",
@@ -252,7 +257,9 @@ async def test_a_migrated_single_node_database_restored_onto_the_coordinator_is_
     assert "applied 007" in result.stdout + result.stderr
 
     assert await _fetch(citus_db, CITUS_TABLES) == DISTRIBUTED
-    counts = "SELECT (SELECT count(*) FROM trades), (SELECT count(*) FROM trades_duplicates_removed)"
+    counts = (
+        "SELECT (SELECT count(*) FROM trades), (SELECT count(*) FROM trades_duplicates_removed)"
+    )
     (single_trades, single_archived) = (await _fetch(db, counts))[0]
     (trades, archived) = (await _fetch(citus_db, counts))[0]
     (unsplit,) = (await _fetch(citus_db, "SELECT count(*) FROM trades_unsplit"))[0]
@@ -289,3 +296,100 @@ async def test_sixteen_engines_booting_at_once_on_citus_apply_each_migration_onc
     )
     assert history == [(v, "applied") for v in applied]
     assert await _fetch(citus_db, CITUS_TABLES) == DISTRIBUTED
+
+
+SHARD_INDEXES = """
+SELECT count(*) FILTER (WHERE result = 'valid'), count(*) FILTER (WHERE result = 'invalid'),
+       count(*)
+FROM run_command_on_placements('trades', $$SELECT coalesce((SELECT CASE WHEN indisvalid
+    THEN 'valid' ELSE 'invalid' END FROM pg_index WHERE indrelid = '%s'::regclass
+    AND indexrelid::regclass::text LIKE 'uq_probe%%'), 'absent')$$)
+"""
+UNIQUE_PROBE = """-- migrate:feature trade_collection
+-- migrate:depends 007
+-- migrate:step probe transaction:false
+CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS uq_probe ON trades (exchange, symbol_base, price);
+"""
+
+
+async def test_a_failed_unique_build_on_a_distributed_table_is_cleared_on_every_shard(
+    citus_db: DatabaseConfig, tmp_path: Path
+) -> None:
+    """Citus leaves INVALID copies on some shards; the re-run drops them all and builds anew."""
+    directory = shipped_plus(tmp_path / "m", {"090_unique_probe.sql": UNIQUE_PROBE})
+    env = pg_env(citus_db, {"CEX_MIGRATIONS_DIR": str(directory)})
+    shipped = await _apply(citus_db, tmp_path, "--target", "007")
+    assert shipped.returncode == ExitCode.OK, shipped.stdout + shipped.stderr
+    conn = await asyncpg.connect(**citus_db.connect_kwargs())
+    try:
+        for trade_id in ("a", "b"):  # the same (exchange, base, price) twice
+            await conn.execute(
+                "INSERT INTO trades (timestamp, exchange, symbol, symbol_base, symbol_quote, "
+                "price, quantity, side, trade_id) "
+                "VALUES (now(), 'binance', 'BTCUSDT', 'BTC', 'USDT', 1, 1, 'buy', $1)",
+                trade_id,
+            )
+        failed = await asyncio.to_thread(run_cli_process, [], env, tmp_path)
+        assert failed.returncode == ExitCode.MIGRATION_FAILED, failed.stdout + failed.stderr
+        assert "090_unique_probe" in failed.stderr and "is duplicated" in failed.stderr
+        valid, invalid, placements = (await conn.fetch(SHARD_INDEXES))[0]
+        # Shards that built before the duplicate was met keep a valid copy, one an invalid.
+        assert invalid >= 1 and valid < placements == 4, (valid, invalid, placements)
+
+        await conn.execute("DELETE FROM trades WHERE trade_id = 'b'")
+        again = await asyncio.to_thread(run_cli_process, [], env, tmp_path)
+        assert again.returncode == ExitCode.OK, again.stdout + again.stderr
+        assert "dropping INVALID index uq_probe" in again.stdout + again.stderr
+        assert tuple((await conn.fetch(SHARD_INDEXES))[0]) == (4, 0, 4)
+    finally:
+        await conn.close()
+
+
+async def test_a_distribution_cut_off_mid_way_resumes_and_loses_nothing(
+    citus_db: DatabaseConfig, tmp_path: Path
+) -> None:
+    """The CLI is killed while Citus copies trades to the shards; the next run finishes it."""
+    legacy = await _load_legacy(citus_db, 100_000)
+    env = pg_env(citus_db)
+    first = start(cli(), env, tmp_path, tmp_path / "first.log")
+    try:
+        await until(
+            lambda: running_query(citus_db, "cex_migration.distribute_table('public.trades')"),
+            "the distribution of trades",
+            300,
+        )
+        # Citus lists what the operation makes in pg_dist_cleanup as it starts copying.
+        await until(
+            lambda: _fetch(citus_db, "SELECT 1 FROM pg_dist_cleanup"), "the copy under way", 60
+        )
+        # The runner dies and its session with it (a server-side kill, a cut network):
+        # Citus aborts the copy half-way.
+        kill(first)
+        await _fetch(
+            citus_db,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE 'CALL cex_migration.distribute_table%' AND pid <> pg_backend_pid()",
+        )
+    finally:
+        if first.poll() is None:
+            kill(first)
+    # Cut off: trades is a Citus local table (not yet distributed), every row still in it.
+    assert await _fetch(citus_db, "SELECT citus_table_type FROM citus_tables") == [("local",)]
+    (rows,) = (await _fetch(citus_db, "SELECT count(*) FROM trades"))[0]
+    assert rows > 0
+
+    # The next run resumes at the step, finds trades not distributed, clears what
+    # Citus left (slots, publications, half-made shards) and distributes it.
+    again = await _apply(citus_db, tmp_path, "--wait-background")
+    assert again.returncode == ExitCode.OK, again.stdout + again.stderr
+    assert await _fetch(citus_db, CITUS_TABLES) == DISTRIBUTED
+    (total,) = (
+        await _fetch(
+            citus_db,
+            "SELECT (SELECT count(*) FROM trades) + (SELECT count(*) FROM trades_unsplit)"
+            " + (SELECT count(*) FROM trades_duplicates_removed)",
+        )
+    )[0]
+    assert total == legacy
+    assert (await _fetch(citus_db, "SELECT count(*) FROM trades"))[0] == (rows,)
+    assert await _fetch(citus_db, "SELECT count(*) FROM pg_replication_slots") == [(0,)]
