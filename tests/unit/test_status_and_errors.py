@@ -202,3 +202,21 @@ def test_down_refusals_keep_their_fields() -> None:
     loss = errors.DataLossRefusedError("m", losses=[("003", "table public.t", 3)])
     assert loss.losses == (("003", "table public.t", 3),)
     assert loss.exit_code is errors.ExitCode.REFUSED
+
+
+def test_a_migration_for_a_missing_extension_shows_disabled_with_its_extension() -> None:
+    citus_only = parse_migration(
+        "004_distribute.sql",
+        "-- migrate:feature trade_collection\n-- migrate:extension citus\nSELECT 1;\n",
+    )
+    catalog = Catalog((*CATALOG.migrations, citus_only), CATALOG.routines)
+    features = {"trade_collection": True}
+    (row,) = [r for r in collect_status(catalog, {}, [], features) if r.version == "004"]
+    assert (row.state, row.scope) == (MigrationState.DISABLED, "trade_collection+citus")
+    assert not row.needs_attention
+    (row,) = [
+        r
+        for r in collect_status(catalog, {}, [], features, extensions={"citus"})
+        if r.version == "004"
+    ]
+    assert row.state is MigrationState.PENDING and row.needs_attention

@@ -143,4 +143,7 @@ CALL cex_migration.distribute_table('public.trades');
 CALL cex_migration.distribute_table('public.book_ticker_snapshots', 'public.trades');
 
 -- migrate:psql-only
-SELECT migration_record_manual('007', 'distribute_on_citus', 'trade_collection');
+-- Recorded only on Citus, as the runner does: a database that later moves
+-- onto a coordinator must find 007 pending there.
+SELECT migration_record_manual('007', 'distribute_on_citus', 'trade_collection')
+WHERE cex_migration.on_citus();
