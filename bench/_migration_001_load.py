@@ -170,6 +170,9 @@ class LiveWriter:
         self.samples: list[Sample] = []
         self.stop = asyncio.Event()
         self.rows = 0
+        self.pid: int | None = None  # the writer's backend, for WaitSampler
+        self.connected = asyncio.Event()
+        self.started = 0.0  # perf_counter when it started: Sample.at counts from here
 
     def _batch(self, n: int) -> list[list[object]]:
         now = dt.datetime.now(dt.timezone.utc)
@@ -192,7 +195,9 @@ class LiveWriter:
         conn = await connect(self.db)
         try:
             await conn.execute("SELECT 1")
-            started = time.perf_counter()
+            self.pid = conn.get_server_pid()
+            started = self.started = time.perf_counter()
+            self.connected.set()
             n = 0
             while not self.stop.is_set():
                 due = started + n * self.interval
@@ -221,6 +226,66 @@ class LiveWriter:
             max(latencies, default=float("nan")) * 1000,
             slow,
         )
+
+
+class WaitSampler:
+    """What the writer's backend waits on, sampled every `every` seconds (--sample-waits).
+
+    pg_stat_activity's wait_event of the writer's session while it is active,
+    and (for a server on this machine) the kernel's dirty and writeback page
+    cache from /proc/meminfo: a slow batch is then explained by a lock, a WAL
+    flush, or the disk busy with something else.
+    """
+
+    def __init__(self, db: DatabaseConfig, writer: LiveWriter, every: float = 0.02) -> None:
+        self.db, self.writer, self.every = db, writer, every
+        self.events: list[tuple[float, str]] = []  # (seconds since the writer started, what)
+        self.dirty: list[tuple[float, int, int]] = []  # (at, Dirty kB, Writeback kB)
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        await self.writer.connected.wait()
+        conn = await connect(self.db)
+        n = 0
+        try:
+            while not self.stop.is_set():
+                row = await conn.fetchrow(
+                    "SELECT wait_event_type, wait_event FROM pg_stat_activity "
+                    "WHERE pid = $1 AND state = 'active'",
+                    self.writer.pid,
+                )
+                at = time.perf_counter() - self.writer.started
+                if row is not None and row["wait_event"] is not None:
+                    self.events.append((at, f"{row['wait_event_type']}:{row['wait_event']}"))
+                if n % 5 == 0:
+                    self.dirty.append((at, *_dirty_kb()))
+                n += 1
+                await asyncio.sleep(self.every)
+        finally:
+            await conn.close()
+
+    def during(self, sample: Sample) -> str:
+        """The wait events seen during one batch, and the most dirty page cache then."""
+        end = sample.at + sample.latency
+        seen: dict[str, int] = {}
+        for at, what in self.events:
+            if sample.at <= at <= end:
+                seen[what] = seen.get(what, 0) + 1
+        dirty = [d for at, d, _ in self.dirty if sample.at - 1 <= at <= end]
+        waits = ", ".join(f"{k} x{v}" for k, v in sorted(seen.items(), key=lambda kv: -kv[1]))
+        most = max(dirty, default=0) // 1024
+        return f"waits: {waits or 'none sampled'}; dirty page cache up to {most} MB"
+
+
+def _dirty_kb() -> tuple[int, int]:
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return (0, 0)
+    values = dict(
+        (line.split(":")[0], int(line.split()[1])) for line in text.splitlines() if line.split()
+    )
+    return (values.get("Dirty", 0), values.get("Writeback", 0))
 
 
 # ---------------------------------------------------------------------------

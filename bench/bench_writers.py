@@ -23,7 +23,7 @@ import asyncpg
 
 from bench._common import admin_config, create_database, drop_database
 from cex_arbitrage.collectors import BookTicker, BookTickerWriter, Trade, TradeWriter
-from cex_arbitrage.collectors.statements import BOOK_TICKER_COLUMNS, TRADE_COLUMNS
+from cex_arbitrage.collectors.columns import BOOK_TICKER_COLUMNS, TRADE_COLUMNS
 from cex_arbitrage.collectors.writers import ConnectFactory
 from cex_arbitrage.db.migrations import ensure_schema
 from cex_arbitrage.db.structs import DatabaseConfig

@@ -32,7 +32,7 @@ from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.errors import ExitCode
 from tests.support.cli import CliRunner, write_migrations
 from tests.support.databases import fetch, has_table, pg_env
-from tests.support.paths import REPO
+from tests.support.paths import REPO, shipped_versions
 
 PACKAGE_DIR = REPO / "cex_arbitrage" / "db" / "migrations"
 TRADE_MIGRATION = "001_add_trade_collection_support.sql"
@@ -46,16 +46,6 @@ JSON_FIELDS = {
     "execution_ms",
     "checksum_ok",
 }
-
-
-def package_versions() -> list[str]:
-    """Versions of the migrations shipped in the package, as the runner orders them."""
-    versions = [
-        p.name.split("_", 1)[0]
-        for p in PACKAGE_DIR.glob("[0-9]*.sql")
-        if not p.name.endswith(".down.sql")
-    ]
-    return sorted(versions, key=lambda v: (int(v), v))
 
 
 def needs_trade_migration() -> None:
@@ -154,7 +144,7 @@ async def test_status_on_empty_database_shows_all_pending_and_creates_nothing(
     for column in TABLE_COLUMNS:
         assert column in header, explain(result)
     rows = table_rows(result.stdout)
-    assert list(rows) == package_versions()
+    assert list(rows) == shipped_versions(frozenset({"citus"}))  # every file; 007 disabled
     assert all(cells[3] == "pending" for cells in rows.values() if cells[2] == "core"), rows
     assert rows["000"][1] == "create_migration_infrastructure"
     # Looking is not touching: no history table, no other table.
@@ -171,7 +161,7 @@ async def test_apply_records_every_migration_and_status_table_shows_it(
     assert re.search(r"applied 000 \(\d+ ms\)", applied.stdout), explain(applied)
     rows = await history(db)
     assert rows is not None
-    assert list(rows) == package_versions()
+    assert list(rows) == shipped_versions()
     for version, row in rows.items():
         assert row["state"] in ("applied", "background"), (version, dict(row))
         assert row["execution_ms"] is not None and row["execution_ms"] >= 0
@@ -185,7 +175,9 @@ async def test_apply_records_every_migration_and_status_table_shows_it(
         "VERSION", "NAME", "FEATURE", "STATE", "APPLIED", "AT", "DURATION", "CHECKSUM",
     ]  # fmt: skip
     table = table_rows(status.stdout)
-    assert list(table) == package_versions()
+    # Status lists every file: 007 too, disabled without Citus.
+    assert list(table) == shipped_versions(frozenset({"citus"}))
+    assert table["007"][2:4] == ["trade_collection+citus", "disabled"]
     version, name, feature, state, applied_at, duration, checksum = table["000"]
     assert (name, feature, state, checksum) == (
         "create_migration_infrastructure",
@@ -210,7 +202,7 @@ async def test_status_json_is_valid_json_with_every_field(
     data = json.loads(before.stdout)
     assert data["needs_attention"] is True
     versioned = [m["version"] for m in data["migrations"] if not m["version"].startswith("R__")]
-    assert versioned == package_versions()
+    assert versioned == shipped_versions(frozenset({"citus"}))  # every file; 007 disabled
     routines = sorted(p.name.removesuffix(".sql") for p in PACKAGE_DIR.glob("R__*.sql"))
     assert [m["version"] for m in data["migrations"] if m["version"].startswith("R__")] == routines
     for m in data["migrations"]:
@@ -253,7 +245,7 @@ async def test_status_exit_code_is_6_while_pending_and_0_when_current(
     assert "pending" not in current.stdout
     assert run_cli("status", "--json", "--exit-code").returncode == 0
     rows = await history(db)
-    assert rows is not None and list(rows) == package_versions()
+    assert rows is not None and list(rows) == shipped_versions()
 
 
 # --------------------------------------------------------------------------
@@ -387,7 +379,7 @@ database:
         assert re.search(r"^extensions:\s+.*plpgsql", result.stdout, re.M), text
     # The file's database section won over DATABASE_URL: the test database was migrated.
     rows = await history(db)
-    assert rows is not None and list(rows) == package_versions()
+    assert rows is not None and list(rows) == shipped_versions()
 
 
 async def test_error_messages_never_show_the_password(tmp_path: Path, run_cli: CliRunner) -> None:
@@ -429,7 +421,7 @@ migrations:
     assert result.returncode == ExitCode.OK, explain(result)
     assert f"{db.user}@{db.host}:{db.port}/{db.database}: applied 000" in result.stdout
     rows = await history(db)
-    assert rows is not None and list(rows) == package_versions()
+    assert rows is not None and list(rows) == shipped_versions()
     status = run_cli("status", "--verbose", "--config", str(config), env=env)
     assert status.returncode == ExitCode.OK, explain(status)
     assert "config:     " in status.stdout and "migrate.yaml" in status.stdout
@@ -736,7 +728,7 @@ async def test_lock_held_elsewhere_exits_5_naming_the_holder(
     done = run_cli("--config", str(config))
     assert done.returncode == ExitCode.OK, explain(done)
     rows = await history(db)
-    assert rows is not None and list(rows) == package_versions()
+    assert rows is not None and list(rows) == shipped_versions()
 
 
 async def test_status_does_not_wait_for_the_lock(
@@ -812,7 +804,7 @@ async def test_trade_collection_off_skips_001_and_turning_it_on_applies_it(
         if m.feature == "trade_collection"
     }
     assert "001" in trade
-    others = [v for v in package_versions() if v not in trade]
+    others = [v for v in shipped_versions() if v not in trade]
     assert sorted(rows) == sorted(others)
     status = run_cli("status", "--exit-code", "--config", str(config))
     assert status.returncode == ExitCode.OK, explain(status)
@@ -866,7 +858,9 @@ async def test_migrate_sh_commands_of_the_readme_work(
 
     status = migrate_sh("status", env=cli_env)
     assert status.returncode == ExitCode.OK, explain(status)
-    assert all(cells[3] == "pending" for cells in table_rows(status.stdout).values())
+    rows = table_rows(status.stdout)
+    assert all(rows[version][3] == "pending" for version in shipped_versions())
+    assert rows["007"][3] == "disabled"  # for Citus only
     assert await history(db) is None
 
     dry = migrate_sh("--dry-run", env=cli_env)
@@ -886,7 +880,7 @@ async def test_migrate_sh_commands_of_the_readme_work(
     everything = migrate_sh(env=cli_env)
     assert everything.returncode == ExitCode.OK, explain(everything)
     rows = await history(db)
-    assert rows is not None and list(rows) == package_versions()
+    assert rows is not None and list(rows) == shipped_versions()
     assert all(r["state"] == "applied" for r in rows.values()), rows
 
     verbose = migrate_sh("status", "--verbose", env=cli_env)
@@ -895,7 +889,9 @@ async def test_migrate_sh_commands_of_the_readme_work(
     assert re.search(r"^server:\s+PostgreSQL \d+", verbose.stdout, re.M)
     assert re.search(rf"^user:\s+{db.user}$", verbose.stdout, re.M)
     assert re.search(r"^extensions:\s+", verbose.stdout, re.M)
-    assert all(cells[3] == "applied" for cells in table_rows(verbose.stdout).values())
+    rows = table_rows(verbose.stdout)
+    assert all(rows[version][3] == "applied" for version in shipped_versions())
+    assert rows["007"][3] == "disabled"  # for Citus only
 
     again = migrate_sh(env=cli_env)
     assert again.returncode == ExitCode.OK, explain(again)

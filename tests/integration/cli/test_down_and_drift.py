@@ -267,13 +267,13 @@ async def test_new_down_scaffolds_a_down_file_that_down_runs(
     dir_args = ["--migrations-dir", str(directory), *TRADES_OFF]
     new = ok(cli(db, "new", "add_widgets", "--down", "--migrations-dir", str(directory)))
     up, down = (Path(line) for line in new.stdout.split())
-    assert (up.name, down.name) == ("007_add_widgets.sql", "007_add_widgets.down.sql")
+    assert (up.name, down.name) == ("008_add_widgets.sql", "008_add_widgets.down.sql")
     up.write_text(up.read_text().replace("\nSELECT 1;\n", "\nCREATE TABLE widgets (id int);\n", 1))
     down.write_text(down.read_text().replace("\nSELECT 1;\n", "\nDROP TABLE widgets;\n", 1))
     ok(cli(db, *dir_args))
     assert await has_table(db, "widgets")
     walked = ok(cli(db, "down", "--target", "006", *dir_args))
-    assert "undone 007" in walked.stdout, explain(walked)
+    assert "undone 008" in walked.stdout, explain(walked)
     assert not await has_table(db, "widgets")
     assert await versions(db) == ["000", "002", "003", "006"]
     # the down's transaction recorded the fingerprint it left: widgets is not "removed"

@@ -187,7 +187,8 @@ async def test_installed_cli_applies_and_reports_from_outside_the_repo(
         rows = await conn.fetch("SELECT version, checksum FROM migration_history ORDER BY 1")
     finally:
         await conn.close()
-    assert [r["version"] for r in rows] == versions
+    # Recorded: every listed migration but those for an extension not installed (007: Citus).
+    assert [r["version"] for r in rows] == [v for v in versions if states[v] != "disabled"]
     # The installed files are byte-for-byte the checkout's: same checksums.
     for r in rows:
         v = r["version"]

@@ -29,7 +29,7 @@ from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.engine import TRADE_FEATURE, Engine, EngineSources
 from cex_arbitrage.errors import ChecksumMismatchError, MigrationError
 from tests.support.databases import pg_env
-from tests.support.paths import REPO
+from tests.support.paths import REPO, shipped_versions
 
 MIGRATIONS = REPO / "cex_arbitrage" / "db" / "migrations"
 SAMPLE = REPO / "cex_arbitrage" / "samples" / "replay.jsonl"
@@ -61,15 +61,17 @@ def sample_line(kind: str) -> str:
 
 
 def trade_migrations() -> list[str]:
+    """The trade feature's migrations that apply on plain PostgreSQL (not 007: Citus only)."""
     return [
         m.version
         for m in load_migrations(PackageSource("cex_arbitrage.db.migrations"))
-        if m.feature == TRADE_FEATURE
+        if m.feature == TRADE_FEATURE and m.extension is None
     ]
 
 
 def all_migrations() -> list[str]:
-    return [m.version for m in load_migrations(PackageSource("cex_arbitrage.db.migrations"))]
+    """What the engine applies on plain PostgreSQL: every file but 007 (Citus only)."""
+    return shipped_versions()
 
 
 async def history(conn: asyncpg.Connection) -> dict[str, str]:

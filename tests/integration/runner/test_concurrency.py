@@ -22,9 +22,8 @@ from cex_arbitrage.db.migrator.source import DirectorySource
 from cex_arbitrage.db.structs import DatabaseConfig
 from cex_arbitrage.errors import ExitCode
 from tests.support.cli import write_migrations
-from tests.support.paths import REPO
+from tests.support.paths import shipped_versions
 
-PACKAGE_DIR = REPO / "cex_arbitrage" / "db" / "migrations"
 WORKERS = 16
 
 # Each migration bumps a counter; a second application would fail on CREATE
@@ -48,15 +47,6 @@ INSERT INTO applied_count VALUES ('003', 1)
     ON CONFLICT (version) DO UPDATE SET times = applied_count.times + 1;
 """,
 }
-
-
-def package_versions() -> list[str]:
-    versions = [
-        p.name.split("_", 1)[0]
-        for p in PACKAGE_DIR.glob("[0-9]*.sql")
-        if not p.name.endswith(".down.sql")
-    ]
-    return sorted(versions, key=lambda v: (int(v), v))
 
 
 async def recorded(db: DatabaseConfig) -> list[asyncpg.Record]:
@@ -152,7 +142,7 @@ async def test_eight_cli_processes_with_the_shipped_migrations_apply_each_once(
 
     for code, out, err in results:
         assert code == ExitCode.OK, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
-    expected = package_versions()
+    expected = shipped_versions()
     assert_each_applied_once([applied_versions(out) for _, out, _ in results], expected)
     rows = await recorded(db)
     assert [r["version"] for r in rows] == expected
