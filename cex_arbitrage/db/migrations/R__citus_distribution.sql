@@ -203,3 +203,6 @@ BEGIN
     END IF;
 END
 $$;
+
+-- migrate:psql-only
+SELECT migration_record_manual('R__citus_distribution', 'citus_distribution', 'trade_collection');
