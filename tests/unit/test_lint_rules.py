@@ -13,7 +13,7 @@ from cex_arbitrage.collectors.columns import WRITTEN_COLUMNS
 from cex_arbitrage.db.lint import RULES, AppFacts, Finding, lint_paths
 from cex_arbitrage.db.structs import LEGACY_TABLES
 
-FACTS = AppFacts(frozenset(LEGACY_TABLES), WRITTEN_COLUMNS)
+FACTS = AppFacts(frozenset(LEGACY_TABLES), WRITTEN_COLUMNS, {"distribute_table": "symbol_base"})
 # An earlier file of the set: creates the legacy `trades` (as 001 does) and a table of its own.
 EARLIER = """-- migrate:description earlier
 CREATE TABLE IF NOT EXISTS trades (
@@ -52,6 +52,9 @@ def procedure(sql: str) -> str:
 
 
 NON_TX = "-- migrate:step work transaction:false\n"
+# trades distributed on Citus by a statement before (a Citus call, or 007's procedure)
+DISTRIBUTED = "SELECT create_distributed_table_concurrently('trades', 'symbol_base');\n"
+CALLED = "CALL cex_migration.distribute_table('public.trades');\n"
 BACKGROUND = "-- migrate:step work transaction:false background\n"
 
 CASES = [
@@ -134,6 +137,25 @@ CASES = [
      NON_TX + "CALL batches();"),
     ("transaction-control", "CALL batches();", NON_TX + do("PERFORM 1;")),
     ("transaction-control", do("CALL batches();"), NON_TX + do("CALL batches();\n    COMMIT;")),
+    ("citus-unique-key",
+     NON_TX + DISTRIBUTED + "CREATE UNIQUE INDEX CONCURRENTLY u ON trades (exchange, trade_id);",
+     NON_TX + DISTRIBUTED
+     + "CREATE UNIQUE INDEX CONCURRENTLY u ON trades (exchange, trade_id, symbol_base);"),
+    ("citus-unique-key",
+     CALLED + "ALTER TABLE trades ADD CONSTRAINT u UNIQUE (id);",
+     CALLED + "ALTER TABLE trades ADD CONSTRAINT u UNIQUE (id, symbol_base);"),
+    ("citus-unique-key",  # the good one: before the distribution, a local table
+     NON_TX + DISTRIBUTED + "CREATE UNIQUE INDEX CONCURRENTLY u ON trades (id);",
+     NON_TX + "CREATE UNIQUE INDEX CONCURRENTLY u ON trades (id);\n" + DISTRIBUTED),
+    ("citus-add-constraint-alone",
+     CALLED + "ALTER TABLE trades ADD CONSTRAINT a CHECK (price > 0) NOT VALID, "
+     "ADD CONSTRAINT b CHECK (price < 1e9) NOT VALID;",
+     CALLED + "ALTER TABLE trades ADD CONSTRAINT a CHECK (price > 0) NOT VALID;\n"
+     "ALTER TABLE trades ADD CONSTRAINT b CHECK (price < 1e9) NOT VALID;"),
+    ("citus-trigger",
+     CALLED + "CREATE TRIGGER t BEFORE INSERT ON trades FOR EACH ROW EXECUTE FUNCTION f();",
+     CALLED + "SET LOCAL citus.enable_unsafe_triggers = on;\n"
+     "CREATE TRIGGER t BEFORE INSERT ON trades FOR EACH ROW EXECUTE FUNCTION f();"),
     ("role-literal", "GRANT SELECT ON trades TO reporting;", "GRANT SELECT ON trades TO PUBLIC;"),
     ("role-literal", do("EXECUTE 'GRANT SELECT ON trades TO reporting';"),
      do("EXECUTE format('GRANT SELECT ON trades TO %I', current_setting('cex.app_role'));")),

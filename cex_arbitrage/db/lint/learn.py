@@ -15,7 +15,7 @@ from pglast.enums import AlterTableType, ConstrType, NullTestType
 
 from cex_arbitrage.db.lint.bodies import PlpgsqlControl
 from cex_arbitrage.db.lint.model import PROCEDURE_BODY, Knowledge, Stmt
-from cex_arbitrage.db.lint.tree import alter_commands, ast, names, table_of, type_of
+from cex_arbitrage.db.lint.tree import alter_commands, ast, names, table_of, type_of, walk
 
 
 def learn(stmt: Stmt, know: Knowledge) -> None:
@@ -41,6 +41,42 @@ def learn(stmt: Stmt, know: Knowledge) -> None:
         _learn_check(table, cmd.def_, know)
     for table, cmd in alter_commands(node, AlterTableType.AT_ValidateConstraint):
         know.validated.add((table, str(cmd.name)))
+    _learn_distribution(stmt, know)
+
+
+_CITUS_DISTRIBUTE = {"create_distributed_table", "create_distributed_table_concurrently"}
+
+
+def _learn_distribution(stmt: Stmt, know: Knowledge) -> None:
+    """Tables distributed on Citus from here on (a Citus call, or one of the app's procedures),
+    and where `citus.enable_unsafe_triggers` is set."""
+    node = stmt.node
+    if isinstance(node, ast.VariableSetStmt) and node.name == "citus.enable_unsafe_triggers":
+        know.unsafe_triggers = (stmt.place.file, stmt.place.step)
+    procedures = know.facts.distributing_procedures
+    if isinstance(node, ast.CallStmt) and node.funccall is not None:
+        name = names(node.funccall.funcname)[-1]
+        table = _string_argument(node.funccall, 0)
+        if name in procedures and table is not None:
+            know.distributed[_unqualified(table)] = procedures[name]
+    for call in walk(node):
+        if isinstance(call, ast.FuncCall) and names(call.funcname)[-1] in _CITUS_DISTRIBUTE:
+            table, column = _string_argument(call, 0), _string_argument(call, 1)
+            if table is not None and column is not None:
+                know.distributed[_unqualified(table)] = column
+
+
+def _string_argument(call: Any, index: int) -> str | None:
+    args = list(call.args or ())
+    if index < len(args) and isinstance(args[index], ast.A_Const):
+        value = args[index].val
+        if isinstance(value, ast.String):
+            return str(value.sval)
+    return None
+
+
+def _unqualified(table: str) -> str:
+    return table.removeprefix("public.")
 
 
 def _learn_check(table: str, constraint: Any, know: Knowledge) -> None:

@@ -104,6 +104,9 @@ class AppFacts:
 
     legacy_tables: frozenset[str] = frozenset()
     written_columns: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # Procedures that distribute the table named by their first argument on Citus,
+    # by the column given here (007's cex_migration.distribute_table: symbol_base).
+    distributing_procedures: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -125,6 +128,10 @@ class Knowledge:
     not_null_checks: dict[tuple[str, str], set[str]] = dataclasses.field(default_factory=dict)
     validated: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     committing_procedures: set[str] = dataclasses.field(default_factory=set)
+    # Tables an earlier statement distributed on Citus, and their distribution column.
+    distributed: dict[str, str] = dataclasses.field(default_factory=dict)
+    # (file, step) where `SET citus.enable_unsafe_triggers = on` was last seen.
+    unsafe_triggers: tuple[str, str] | None = None
 
     def is_live(self, table: str | None) -> bool:
         """Whether `table` may hold rows that writers use while this file runs."""

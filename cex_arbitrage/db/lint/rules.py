@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 
-from cex_arbitrage.db.lint import rules_code, rules_locks
+from cex_arbitrage.db.lint import rules_citus, rules_code, rules_locks
 from cex_arbitrage.db.lint.model import Hit, Knowledge, Stmt
 
 Check = Callable[[Stmt, Knowledge], Iterator[Hit]]
@@ -61,6 +61,18 @@ RULES: Mapping[str, tuple[str, Check]] = MappingProxyType(
             "SAVEPOINT in a step; COMMIT/ROLLBACK, or CALL of a committing procedure, "
             "in a function or in a transaction block",
             rules_code.transaction_control,
+        ),
+        "citus-unique-key": (
+            "a unique index or key without the distribution column on a Citus distributed table",
+            rules_citus.unique_without_distribution_column,
+        ),
+        "citus-add-constraint-alone": (
+            "ADD CONSTRAINT with other subcommands on a Citus distributed table",
+            rules_citus.add_constraint_with_others,
+        ),
+        "citus-trigger": (
+            "CREATE TRIGGER on a Citus distributed table without citus.enable_unsafe_triggers",
+            rules_citus.trigger_without_setting,
         ),
         "role-literal": (
             "a role name written into the SQL instead of read from the settings",
