@@ -54,6 +54,12 @@ SELECT word FROM ts_stat(CASE WHEN to_regclass('migration_history') IS NULL
 """
 
 
+_STATE_FIRST = """
+SELECT to_regclass('migration_history') IS NOT NULL,
+       (SELECT array_agg(extname::text) FROM pg_extension)
+"""
+
+
 async def _exists(conn: asyncpg.Connection, table: str) -> bool:
     return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table))
 
@@ -125,11 +131,11 @@ class DatabaseState:
 
 
 async def read_state(conn: asyncpg.Connection) -> DatabaseState:
-    """All history rows; whether 000 has created the table, asked first (no failed SELECT)."""
-    extensions = frozenset(
-        await conn.fetchval("SELECT array_agg(extname::text) FROM pg_extension") or ()
-    )
-    if not await _exists(conn, "migration_history"):
+    """All history rows; whether 000 has created the table, asked first (no failed SELECT),
+    together with the installed extensions."""
+    has_history, installed = await conn.fetchrow(_STATE_FIRST)
+    extensions = frozenset(installed or ())
+    if not has_history:
         return DatabaseState(False, {}, extensions)
     rows = await conn.fetch(_READ_STATE)
     return DatabaseState(True, {r["version"]: _history_row(r) for r in rows}, extensions)

@@ -34,6 +34,8 @@ _GUIDE = """\
 --   * migrate:feature NAME   the migration belongs to feature NAME; with the
 --                            feature off in config it is skipped (disabled).
 --                            Without it the migration is core (always applied).
+--   * migrate:extension NAME only where extension NAME is installed (e.g.
+--                            citus); elsewhere neither run nor recorded.
 --   * migrate:depends V, ... versions that must be applied first (default 000).
 --   * migrate:description T  one line shown by `status --verbose`.
 --

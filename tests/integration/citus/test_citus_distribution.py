@@ -9,6 +9,7 @@ this module each run some.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import subprocess
@@ -393,3 +394,45 @@ async def test_a_distribution_cut_off_mid_way_resumes_and_loses_nothing(
     assert total == legacy
     assert (await _fetch(citus_db, "SELECT count(*) FROM trades"))[0] == (rows,)
     assert await _fetch(citus_db, "SELECT count(*) FROM pg_replication_slots") == [(0,)]
+
+
+async def test_a_distribution_waits_for_another_on_the_cluster_then_refuses_naming_it(
+    citus_db: DatabaseConfig, tmp_path: Path
+) -> None:
+    """Citus hangs a second concurrent distribution forever: 007 waits, then names the other."""
+    admin = citus_admin()
+    conn = await asyncpg.connect(**admin.connect_kwargs())
+    try:
+        await conn.execute(f'ALTER DATABASE "{citus_db.database}" SET cex.distribution_wait_s = 2')
+    finally:
+        await conn.close()
+    # Another database's session that looks like a distribution in progress.
+    other = await asyncpg.connect(**admin.with_database("postgres").connect_kwargs())
+    pid = other.get_server_pid()
+    busy = asyncio.create_task(
+        other.execute("SELECT pg_sleep(120) /* create_distributed_table_concurrently */")
+    )
+    try:
+        await until(
+            lambda: _fetch(
+                admin, f"SELECT 1 FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'"
+            ),
+            "the other session",
+            30,
+        )
+        refused = await _apply(citus_db, tmp_path)
+    finally:
+        await _fetch(admin, f"SELECT pg_cancel_backend({pid})")
+        with contextlib.suppress(asyncpg.QueryCanceledError):
+            await busy
+        await other.close()
+    assert refused.returncode == ExitCode.MIGRATION_FAILED, refused.stdout + refused.stderr
+    assert (
+        f"another Citus distribution is running on this cluster (pid {pid}, database postgres)"
+        in refused.stderr
+    ), refused.stderr
+    assert await _fetch(citus_db, "SELECT count(*) FROM citus_tables") == [(0,)]
+
+    again = await _apply(citus_db, tmp_path)
+    assert again.returncode == ExitCode.OK, again.stdout + again.stderr
+    assert await _fetch(citus_db, CITUS_TABLES) == DISTRIBUTED
