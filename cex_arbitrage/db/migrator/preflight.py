@@ -4,9 +4,11 @@ Refuses (exit code 7) what would certainly fail halfway: a server older than
 the supported majors (a newer, untested one is a warning), a standby or a
 read-only default (default_transaction_read_only), a Citus worker node
 (cluster.py), a user that may not create objects. Warns about what would slow
-or block a migration: INVALID indexes from an earlier interrupted build, and
+or block a migration: INVALID indexes from an earlier interrupted build,
 long open transactions that a DDL lock would queue behind (while queued, that
-lock request blocks the collectors' inserts; lock_timeout bounds it).
+lock request blocks the collectors' inserts; lock_timeout bounds it), and on
+large tables a kernel that lets gigabytes of dirty page cache build up
+(writeback.py: the collectors' COMMITs would wait behind its writeback).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from cex_arbitrage.db.migrator.cluster import CitusNode, detect_citus, refuse_worker
+from cex_arbitrage.db.migrator.writeback import check_writeback
 from cex_arbitrage.errors import PreflightError
 
 # The majors the migrations are tested on (README, "Supported PostgreSQL versions").
@@ -46,7 +49,19 @@ SELECT current_setting('server_version_num')::int AS server_version,
          WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
        ) AS invalid_indexes,
        (SELECT coalesce(array_agg(extname || ' ' || extversion ORDER BY extname), '{}')
-          FROM pg_extension) AS extensions
+          FROM pg_extension) AS extensions,
+       -- Rows in the watched tables and their partitions or chunks (inheritance
+       -- children): the planner's estimate, no scan.
+       (WITH RECURSIVE tree(oid) AS (
+            SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relname = ANY($1::text[])
+            UNION
+            SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid)
+        SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint
+          FROM tree JOIN pg_class c ON c.oid = tree.oid) AS watched_rows,
+       has_function_privilege('pg_read_file(text, bigint, bigint, boolean)', 'EXECUTE')
+         AND ((SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+              OR pg_has_role(current_user, 'pg_read_server_files', 'MEMBER')) AS can_read_files
 """
 
 _LONG_TRANSACTIONS = """
@@ -117,16 +132,40 @@ def _refuse_read_only(row: asyncpg.Record, database: str, user: str) -> None:
         )
 
 
+async def _slowdowns(
+    conn: asyncpg.Connection, database: str, row: asyncpg.Record, long_transaction_seconds: float
+) -> list[str]:
+    """Warnings about what would make the migration slow or make it wait."""
+    warnings: list[str] = []
+    invalid = tuple(row["invalid_indexes"])
+    if invalid:
+        warnings.append(
+            f"{database}: INVALID index(es) left by an interrupted build: {', '.join(invalid)}; "
+            "a migration that builds one of them drops and rebuilds it"
+        )
+    for tx in await conn.fetch(_LONG_TRANSACTIONS, long_transaction_seconds):
+        warnings.append(
+            f"{database}: transaction open for {tx['seconds']}s in pid {tx['pid']} "
+            f"(user {tx['usename']}, application {tx['application_name']!r}, {tx['state']}: "
+            f"{tx['query']}); a lock the migration needs may queue behind it, bounded by "
+            "lock_timeout and retries"
+        )
+    return warnings
+
+
 async def run_preflight(
     conn: asyncpg.Connection,
     database: str,
     watched_tables: Sequence[str] = (),
     long_transaction_seconds: float = 30.0,
+    writeback_check_rows: int = 5_000_000,
 ) -> Preflight:
     """Refuse what cannot work; return warnings for what may be slow.
 
     `watched_tables` are the tables the migrations alter (the application
-    names them, RunnerSettings.watched_tables): the user must own them.
+    names them, RunnerSettings.watched_tables): the user must own them. When
+    they hold at least `writeback_check_rows` rows, the host's kernel
+    writeback threshold is checked too (one more round trip).
     """
     row = await conn.fetchrow(_CHECKS, list(watched_tables))
     assert row is not None
@@ -154,18 +193,11 @@ async def run_preflight(
                 f"ALTER TABLE ... OWNER TO {user};"
             )
     invalid = tuple(row["invalid_indexes"])
-    if invalid:
-        warnings.append(
-            f"{database}: INVALID index(es) left by an interrupted build: {', '.join(invalid)}; "
-            "a migration that builds one of them drops and rebuilds it"
-        )
-    for tx in await conn.fetch(_LONG_TRANSACTIONS, long_transaction_seconds):
-        warnings.append(
-            f"{database}: transaction open for {tx['seconds']}s in pid {tx['pid']} "
-            f"(user {tx['usename']}, application {tx['application_name']!r}, {tx['state']}: "
-            f"{tx['query']}); a lock the migration needs may queue behind it, bounded by "
-            "lock_timeout and retries"
-        )
+    warnings += await _slowdowns(conn, database, row, long_transaction_seconds)
+    if row["watched_rows"] >= writeback_check_rows and row["can_read_files"]:
+        writeback = await check_writeback(conn, database, row["watched_rows"])
+        if writeback:
+            warnings.append(writeback)
     return Preflight(
         server_version=row["server_version"],
         server_version_text=row["server_version_text"],

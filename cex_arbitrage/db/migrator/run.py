@@ -240,6 +240,7 @@ async def _preflight(ctx: RunContext) -> list[str]:
         ctx.database,
         ctx.settings.watched_tables,
         ctx.settings.long_transaction_seconds,
+        ctx.settings.writeback_check_rows,
     )
     for warning in pre.warnings:
         ctx.say(f"warning: {warning}")

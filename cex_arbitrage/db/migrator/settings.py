@@ -41,6 +41,9 @@ class RunnerSettings:
     # over this often (one try-lock round trip), until the work is finished.
     background_retry_interval: float = 30.0
     long_transaction_seconds: float = 30.0  # pre-flight names transactions older than this
+    # Watched tables at least this large: pre-flight checks the host's kernel
+    # writeback threshold (writeback.py).
+    writeback_check_rows: int = 5_000_000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", _frozen(self.features))
