@@ -57,6 +57,11 @@ MATRIX_TESTS: dict[str, tuple[str, ...]] = {
         "test_missing_privilege_is_refused_by_preflight",
         "test_long_open_transaction_is_warned_about_with_its_pid",
     ),
+    # pg_read_file of the host's /proc, EXECUTE and pg_read_server_files checks.
+    "tests/integration/runner/test_preflight_writeback.py": (
+        "test_the_server_hosts_settings_are_read_through_pg_read_file",
+        "test_a_user_that_may_not_read_server_files_is_not_checked_and_not_refused",
+    ),
     # The floor: a PostgreSQL 12 of its own is refused (runs in the 13 run only);
     # date_bin from R__compat_date_bin on 13 equals the built-in of 14+.
     "tests/integration/runner/test_server_versions.py": (
