@@ -84,6 +84,8 @@ class Preflight:
     extensions: tuple[str, ...]
     invalid_indexes: tuple[str, ...]
     warnings: tuple[str, ...]
+    # Estimated rows in the watched tables with their partitions or chunks.
+    watched_rows: int = 0
     citus: CitusNode | None = None  # None: not a Citus node
 
 
@@ -205,5 +207,6 @@ async def run_preflight(
         extensions=tuple(row["extensions"]),
         invalid_indexes=invalid,
         warnings=tuple(warnings),
+        watched_rows=row["watched_rows"],
         citus=citus,
     )

@@ -89,6 +89,45 @@ async def test_tables_below_the_row_threshold_skip_the_check(
     assert not [w for w in pre.warnings if "vm.dirty_background" in w]
 
 
+async def test_the_row_count_includes_the_partitions_of_a_partitioned_table(
+    db: DatabaseConfig, conn: asyncpg.Connection
+) -> None:
+    await conn.execute(
+        "CREATE TABLE trades (id int) PARTITION BY RANGE (id);"
+        "CREATE TABLE trades_a PARTITION OF trades FOR VALUES FROM (0) TO (500);"
+        "CREATE TABLE trades_b PARTITION OF trades FOR VALUES FROM (500) TO (2000);"
+        "INSERT INTO trades SELECT generate_series(1, 1000); ANALYZE trades_a, trades_b"
+    )
+    pre = await run_preflight(conn, db.display, ("trades",))
+    assert pre.watched_rows == 1000
+
+
+@pytest.mark.timescale
+async def test_the_row_count_of_a_hypertable_is_the_rows_in_its_chunks(
+    ts_db: DatabaseConfig,
+) -> None:
+    """A hypertable's own pg_class row estimates 0 rows: its chunks inherit from it."""
+    conn = await asyncpg.connect(**ts_db.connect_kwargs())
+    try:
+        await conn.execute(
+            "CREATE TABLE trades (ts timestamptz NOT NULL, id int);"
+            "SELECT create_hypertable('trades', 'ts', chunk_time_interval => interval '1 day');"
+            "INSERT INTO trades SELECT now() - g * interval '1 minute', g "
+            "FROM generate_series(1, 5000) g; ANALYZE trades"
+        )
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM timescaledb_information.chunks "
+                "WHERE hypertable_name = 'trades'"
+            )
+            > 1
+        )
+        pre = await run_preflight(conn, ts_db.display, ("trades",))
+        assert pre.watched_rows == 5000
+    finally:
+        await conn.close()
+
+
 async def test_a_user_that_may_not_read_server_files_is_not_checked_and_not_refused(
     admin_config: DatabaseConfig, db: DatabaseConfig, conn: asyncpg.Connection
 ) -> None:
