@@ -135,11 +135,13 @@ def _refuse_read_only(row: asyncpg.Record, database: str, user: str) -> None:
 
 
 async def _slowdowns(
-    conn: asyncpg.Connection, database: str, row: asyncpg.Record, long_transaction_seconds: float
+    conn: asyncpg.Connection,
+    database: str,
+    invalid: tuple[str, ...],
+    long_transaction_seconds: float,
 ) -> list[str]:
     """Warnings about what would make the migration slow or make it wait."""
     warnings: list[str] = []
-    invalid = tuple(row["invalid_indexes"])
     if invalid:
         warnings.append(
             f"{database}: INVALID index(es) left by an interrupted build: {', '.join(invalid)}; "
@@ -195,7 +197,7 @@ async def run_preflight(
                 f"ALTER TABLE ... OWNER TO {user};"
             )
     invalid = tuple(row["invalid_indexes"])
-    warnings += await _slowdowns(conn, database, row, long_transaction_seconds)
+    warnings += await _slowdowns(conn, database, invalid, long_transaction_seconds)
     if row["watched_rows"] >= writeback_check_rows and row["can_read_files"]:
         writeback = await check_writeback(conn, database, row["watched_rows"])
         if writeback:

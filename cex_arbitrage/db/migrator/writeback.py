@@ -99,18 +99,15 @@ async def read_writeback(conn: asyncpg.Connection) -> KernelWriteback | None:
     """The server host's settings, read through pg_read_file; None where they cannot be."""
     try:
         row = await conn.fetchrow(_READ)
-    except asyncpg.PostgresError:
-        return None  # e.g. a container that hides /proc/sys, or a revoked grant
+    except (asyncpg.InsufficientPrivilegeError, asyncpg.PostgresSystemError):
+        return None  # no pg_read_server_files, or /proc/sys hidden or unreadable (class 58)
     if row is None or None in (row["bytes"], row["ratio"], row["meminfo"]):
         return None  # not Linux
     total = mem_total_bytes(row["meminfo"])
-    try:
-        dirty_bytes, dirty_ratio = int(row["bytes"].strip()), int(row["ratio"].strip())
-    except ValueError:
+    numbers = (row["bytes"].strip(), row["ratio"].strip())
+    if total is None or not all(n.isdigit() for n in numbers):
         return None
-    if total is None:
-        return None
-    return KernelWriteback(dirty_bytes, dirty_ratio, total)
+    return KernelWriteback(int(numbers[0]), int(numbers[1]), total)
 
 
 async def check_writeback(conn: asyncpg.Connection, database: str, rows: int) -> str | None:
